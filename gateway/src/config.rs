@@ -1,0 +1,668 @@
+//! Configuration: reads one TOML file into [`RawConfig`] (plain serde data, every default in one place)
+//! and validates it into [`Config`] (built objects the server uses).
+//!
+//! Owns: the file format, every default value, and the list of problems a file can have.
+//! Must not: open sockets, create directories or touch the sink — startup does that with the
+//! validated [`Config`].
+//!
+//! Two stages, so that `gateway --check` can report *every* problem of a file at once (one line
+//! each, prefixed with the file path) instead of stopping at the first.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::decode::EventType;
+
+/// The embedded default configuration (`config/gateway.toml`): local log, one demo source.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/gateway.toml");
+/// Name used for the embedded default in messages.
+pub const EMBEDDED_NAME: &str = "<embedded config/gateway.toml>";
+
+// ---------------------------------------------------------------------------------------------
+// Raw file format
+// ---------------------------------------------------------------------------------------------
+
+/// The TOML file as written. Unknown keys are errors everywhere: a typo must not silently fall
+/// back to a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub sink: RawSink,
+    #[serde(default)]
+    pub topics: RawTopics,
+    #[serde(default)]
+    pub log: RawLog,
+    /// Sources: who may send events, and under which write keys.
+    #[serde(default)]
+    pub sources: Vec<RawSource>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Address the public listener binds (`GATEWAY_LISTEN` / `--listen` override it).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Peers whose `X-Forwarded-For` is believed (IPs or CIDRs). Empty: never believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Concurrent connections; the accept loop waits when the cap is reached.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A client must finish sending its request headers within this time (slowloris guard).
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Largest request head hyper buffers (HTTP/1 `max_buf_size`).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// How long the whole body may take to arrive once headers are read.
+    #[serde(default = "default_body_read_timeout_ms")]
+    pub body_read_timeout_ms: u64,
+    /// How long in-flight requests get to finish after SIGTERM/SIGINT.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+    /// `Access-Control-Max-Age` of CORS preflight answers.
+    #[serde(default = "default_cors_max_age_s")]
+    pub cors_max_age_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Cap on a request body, checked while it streams and again after gzip inflation.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Cap on one event (its JSON text as sent).
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
+    /// Cap on the number of events of one batch.
+    #[serde(default = "default_max_batch_events")]
+    pub max_batch_events: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    /// `local_log` (the embedded default) or `memory` (tests only: events vanish on exit).
+    #[serde(default = "default_sink_kind")]
+    pub kind: String,
+    #[serde(default)]
+    pub local_log: RawLocalLog,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLocalLog {
+    /// Directory holding one folder per topic (`GATEWAY_DATA_DIR` / `--data-dir` override it).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// A segment file is closed and a new one started once it exceeds this size.
+    #[serde(default = "default_segment_max_bytes")]
+    pub segment_max_bytes: u64,
+    /// `fsync` before answering. Only turn off for throwaway benchmarks: a 2xx then no longer
+    /// means the event survives a power loss.
+    #[serde(default = "default_true")]
+    pub fsync: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTopics {
+    /// Topic for every event unless overridden.
+    #[serde(default = "default_topic")]
+    pub default: String,
+    /// Per call type overrides, e.g. `identify = "identities"`.
+    #[serde(default)]
+    pub by_type: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `json` (default) or `text`.
+    #[serde(default = "default_log_format")]
+    pub format: String,
+    /// A `tracing` filter directive, e.g. `info` or `gateway=debug`. `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    /// Stable id, carried by every published event as `sourceId`.
+    pub id: String,
+    /// Human-readable name.
+    #[serde(default)]
+    pub name: String,
+    /// Topic for this source's events, overriding `[topics]` (may use `{type}`).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Write keys that map to this source.
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    /// The write key itself. Never logged.
+    pub key: String,
+    /// A label for operators (logs and metrics use the source id, never the key).
+    #[serde(default)]
+    pub label: String,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_body_read_timeout_ms() -> u64 {
+    30_000
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    10_000
+}
+fn default_cors_max_age_s() -> u64 {
+    86_400
+}
+fn default_max_request_bytes() -> usize {
+    500 * 1024
+}
+fn default_max_event_bytes() -> usize {
+    32 * 1024
+}
+fn default_max_batch_events() -> usize {
+    2_500
+}
+fn default_sink_kind() -> String {
+    "local_log".into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_segment_max_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_true() -> bool {
+    true
+}
+fn default_topic() -> String {
+    "events".into()
+}
+fn default_log_format() -> String {
+    "json".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            trusted_proxies: Vec::new(),
+            max_connections: default_max_connections(),
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            max_header_bytes: default_max_header_bytes(),
+            body_read_timeout_ms: default_body_read_timeout_ms(),
+            shutdown_timeout_ms: default_shutdown_timeout_ms(),
+            cors_max_age_s: default_cors_max_age_s(),
+        }
+    }
+}
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: default_max_request_bytes(),
+            max_event_bytes: default_max_event_bytes(),
+            max_batch_events: default_max_batch_events(),
+        }
+    }
+}
+impl Default for RawSink {
+    fn default() -> Self {
+        Self { kind: default_sink_kind(), local_log: RawLocalLog::default() }
+    }
+}
+impl Default for RawLocalLog {
+    fn default() -> Self {
+        Self { data_dir: default_data_dir(), segment_max_bytes: default_segment_max_bytes(), fsync: true }
+    }
+}
+impl Default for RawTopics {
+    fn default() -> Self {
+        Self { default: default_topic(), by_type: BTreeMap::new() }
+    }
+}
+impl Default for RawLog {
+    fn default() -> Self {
+        Self { format: default_log_format(), level: default_log_level() }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated configuration
+// ---------------------------------------------------------------------------------------------
+
+/// A validated configuration. Cheap to clone (sources are behind `Arc`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub limits: Limits,
+    pub sink: SinkConfig,
+    pub topics: Topics,
+    pub log: RawLog,
+    pub sources: Vec<Arc<Source>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_connections: usize,
+    pub header_read_timeout_ms: u64,
+    pub max_header_bytes: usize,
+    pub body_read_timeout_ms: u64,
+    pub shutdown_timeout_ms: u64,
+    pub cors_max_age_s: u64,
+}
+
+/// Request size limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_request_bytes: usize,
+    pub max_event_bytes: usize,
+    pub max_batch_events: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    LocalLog { data_dir: PathBuf, segment_max_bytes: u64, fsync: bool },
+    Memory,
+}
+
+/// Where each event goes: `[topics]` defaults, per-type overrides, per-source templates.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub default: String,
+    /// Indexed by [`EventType::index`].
+    pub by_type: [Option<String>; EventType::COUNT],
+}
+
+/// A source: where events come from, named by its id on every published event.
+#[derive(Debug)]
+pub struct Source {
+    pub id: Arc<str>,
+    pub name: String,
+    /// Resolved topic per event type for this source (templates expanded at startup).
+    pub topics: [Arc<str>; EventType::COUNT],
+    pub keys: Vec<WriteKey>,
+}
+
+/// One write key of a source.
+pub struct WriteKey {
+    pub key: String,
+    pub label: String,
+}
+
+impl std::fmt::Debug for WriteKey {
+    // Keys never reach a log line, not even through `{:?}` of the config.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteKey").field("key", &"<redacted>").field("label", &self.label).finish()
+    }
+}
+
+/// Every problem found in a file, each a line `path: message`.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+/// Command-line / environment overrides applied on top of the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads and validates a file. `None` loads the embedded default.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let (name, text) = match path {
+            Some(p) => {
+                let name = p.display().to_string();
+                match std::fs::read_to_string(p) {
+                    Ok(t) => (name, t),
+                    Err(e) => return Err(ConfigError { problems: vec![format!("{name}: cannot read: {e}")] }),
+                }
+            }
+            None => (EMBEDDED_NAME.to_string(), EMBEDDED_DEFAULT.to_string()),
+        };
+        Self::from_toml(&name, &text, overrides)
+    }
+
+    /// Parses and validates TOML text; `name` prefixes every problem.
+    pub fn from_toml(name: &str, text: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError { problems: vec![format!("{name}: {}", e.to_string().trim_end())] })?;
+        if let Some(listen) = &overrides.listen {
+            raw.server.listen = listen.clone();
+        }
+        if let Some(dir) = &overrides.data_dir {
+            raw.sink.local_log.data_dir = dir.clone();
+        }
+        raw.validate(name)
+    }
+}
+
+/// Topic names the local log and Kafka both accept: Kafka's legal characters, bounded length.
+pub fn is_valid_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+impl RawConfig {
+    /// Validates everything, collecting every problem before failing.
+    pub fn validate(self, name: &str) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut bad = |msg: String| problems.push(format!("{name}: {msg}"));
+
+        let listen = match self.server.listen.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                bad(format!("server.listen: '{}' is not an address like 127.0.0.1:8080", self.server.listen));
+                None
+            }
+        };
+        let mut trusted_proxies = Vec::new();
+        for p in &self.server.trusted_proxies {
+            if let Ok(net) = p.parse::<IpNet>() {
+                trusted_proxies.push(net);
+            } else if let Ok(ip) = p.parse::<IpAddr>() {
+                trusted_proxies.push(IpNet::from(ip));
+            } else {
+                bad(format!("server.trusted_proxies: '{p}' is neither an IP nor a CIDR"));
+            }
+        }
+        if self.server.max_connections == 0 {
+            bad("server.max_connections must be at least 1".into());
+        }
+        if self.server.header_read_timeout_ms == 0 {
+            bad("server.header_read_timeout_ms must be at least 1".into());
+        }
+        if self.server.max_header_bytes < 8192 {
+            bad("server.max_header_bytes must be at least 8192 (hyper's minimum)".into());
+        }
+        let l = &self.limits;
+        if l.max_request_bytes == 0 {
+            bad("limits.max_request_bytes must be at least 1".into());
+        }
+        if l.max_event_bytes == 0 || l.max_event_bytes > l.max_request_bytes {
+            bad("limits.max_event_bytes must be between 1 and limits.max_request_bytes".into());
+        }
+        if l.max_batch_events == 0 {
+            bad("limits.max_batch_events must be at least 1".into());
+        }
+
+        let sink = match self.sink.kind.as_str() {
+            "local_log" => {
+                if self.sink.local_log.segment_max_bytes < 1024 {
+                    bad("sink.local_log.segment_max_bytes must be at least 1024".into());
+                }
+                if self.sink.local_log.data_dir.as_os_str().is_empty() {
+                    bad("sink.local_log.data_dir must not be empty".into());
+                }
+                SinkConfig::LocalLog {
+                    data_dir: self.sink.local_log.data_dir.clone(),
+                    segment_max_bytes: self.sink.local_log.segment_max_bytes,
+                    fsync: self.sink.local_log.fsync,
+                }
+            }
+            "memory" => SinkConfig::Memory,
+            other => {
+                bad(format!("sink.kind: '{other}' is not one of local_log, memory"));
+                SinkConfig::Memory
+            }
+        };
+
+        if !is_valid_topic(&self.topics.default) {
+            bad(format!(
+                "topics.default: '{}' is not a valid topic name (letters, digits, '.', '_', '-')",
+                self.topics.default
+            ));
+        }
+        let mut by_type: [Option<String>; EventType::COUNT] = Default::default();
+        for (ty, topic) in &self.topics.by_type {
+            match EventType::parse(ty) {
+                Some(t) => {
+                    if !is_valid_topic(topic) {
+                        bad(format!("topics.by_type.{ty}: '{topic}' is not a valid topic name"));
+                    }
+                    by_type[t.index()] = Some(topic.clone());
+                }
+                None => bad(format!(
+                    "topics.by_type: '{ty}' is not a call type (track, identify, page, screen, group, alias)"
+                )),
+            }
+        }
+        let topics = Topics { default: self.topics.default.clone(), by_type };
+
+        match self.log.format.as_str() {
+            "json" | "text" => {}
+            other => bad(format!("log.format: '{other}' is not one of json, text")),
+        }
+
+        if self.sources.is_empty() {
+            bad("no [[sources]]: declare at least one source with a write key".into());
+        }
+        let mut ids = HashSet::new();
+        let mut keys = HashSet::new();
+        let mut sources = Vec::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            if s.id.is_empty() || !s.id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+                bad(format!("sources[{i}].id: '{}' must be non-empty letters, digits, '.', '_', '-'", s.id));
+            }
+            if !ids.insert(s.id.clone()) {
+                bad(format!("sources[{i}].id: '{}' is declared twice", s.id));
+            }
+            if s.keys.is_empty() {
+                bad(format!("sources[{i}] ('{}'): no keys; add a [[sources.keys]] with a key", s.id));
+            }
+            for (k, key) in s.keys.iter().enumerate() {
+                if key.key.trim().is_empty() || key.key.trim() != key.key {
+                    bad(format!("sources[{i}].keys[{k}]: key must be non-empty without surrounding spaces"));
+                } else if !keys.insert(key.key.clone()) {
+                    // Never print the key itself: say where the copy is.
+                    bad(format!("sources[{i}].keys[{k}]: this key is already used by another key entry"));
+                }
+            }
+            let topic_of = |t: EventType| -> String {
+                match &s.topic {
+                    Some(tpl) => tpl.replace("{type}", t.as_str()),
+                    None => topics.by_type[t.index()].clone().unwrap_or_else(|| topics.default.clone()),
+                }
+            };
+            if let Some(tpl) = &s.topic {
+                for t in EventType::ALL {
+                    let topic = topic_of(t);
+                    if !is_valid_topic(&topic) {
+                        bad(format!("sources[{i}].topic: '{tpl}' gives '{topic}', not a valid topic name"));
+                        break;
+                    }
+                }
+            }
+            sources.push(Arc::new(Source {
+                id: Arc::from(s.id.as_str()),
+                name: if s.name.is_empty() { s.id.clone() } else { s.name.clone() },
+                topics: EventType::ALL.map(|t| Arc::<str>::from(topic_of(t))),
+                keys: s.keys.iter().map(|k| WriteKey { key: k.key.clone(), label: k.label.clone() }).collect(),
+            }));
+        }
+
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        let Some(listen) = listen else {
+            return Err(ConfigError { problems: vec![format!("{name}: server.listen is invalid")] });
+        };
+        Ok(Config {
+            server: ServerConfig {
+                listen,
+                trusted_proxies,
+                max_connections: self.server.max_connections,
+                header_read_timeout_ms: self.server.header_read_timeout_ms,
+                max_header_bytes: self.server.max_header_bytes,
+                body_read_timeout_ms: self.server.body_read_timeout_ms,
+                shutdown_timeout_ms: self.server.shutdown_timeout_ms,
+                cors_max_age_s: self.server.cors_max_age_s,
+            },
+            limits: Limits {
+                max_request_bytes: self.limits.max_request_bytes,
+                max_event_bytes: self.limits.max_event_bytes,
+                max_batch_events: self.limits.max_batch_events,
+            },
+            sink,
+            topics,
+            log: self.log,
+            sources,
+        })
+    }
+}
+
+impl Config {
+    /// The effective configuration as a log-safe summary (keys redacted).
+    pub fn summary(&self) -> String {
+        let sink = match &self.sink {
+            SinkConfig::LocalLog { data_dir, segment_max_bytes, fsync } => format!(
+                "local_log(data_dir={}, segment_max_bytes={segment_max_bytes}, fsync={fsync})",
+                data_dir.display()
+            ),
+            SinkConfig::Memory => "memory".into(),
+        };
+        let sources: Vec<String> = self.sources.iter().map(|s| format!("{}({} keys)", s.id, s.keys.len())).collect();
+        format!(
+            "listen={} sink={} default_topic={} max_request_bytes={} max_event_bytes={} max_batch_events={} sources=[{}]",
+            self.server.listen,
+            sink,
+            self.topics.default,
+            self.limits.max_request_bytes,
+            self.limits.max_event_bytes,
+            self.limits.max_batch_events,
+            sources.join(", ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.sources.len(), 1);
+        assert_eq!(&*c.sources[0].id, "demo");
+        assert!(matches!(c.sink, SinkConfig::LocalLog { .. }));
+        assert_eq!(c.limits.max_batch_events, 2500);
+    }
+
+    #[test]
+    fn shipped_configs_are_valid() {
+        // Every file in config/ must validate, not only the embedded one.
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(Some(&path), &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 1);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_the_path() {
+        let text = r#"
+            [server]
+            listen = "nowhere"
+            trusted_proxies = ["10.0.0.0/8", "bogus"]
+            [topics]
+            default = "bad topic"
+            by_type = { purchase = "x" }
+            [[sources]]
+            id = "a"
+            keys = [{ key = "k1" }]
+            [[sources]]
+            id = "a"
+            keys = [{ key = "k1" }]
+        "#;
+        let err = Config::from_toml("f.toml", text, &Overrides::default()).unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(err.problems.iter().all(|p| p.starts_with("f.toml: ")), "{all}");
+        for needle in ["server.listen", "'bogus'", "topics.default", "'purchase'", "declared twice", "already used"] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert!(!all.contains("k1"), "a key leaked into a message:\n{all}");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = Config::from_toml("f.toml", "[server]\nlisten_addr = \"x\"\n", &Overrides::default()).unwrap_err();
+        assert!(err.problems[0].contains("listen_addr"), "{:?}", err.problems);
+    }
+
+    #[test]
+    fn overrides_win_and_templates_expand() {
+        let text = r#"
+            [topics]
+            default = "events"
+            by_type = { identify = "identities" }
+            [[sources]]
+            id = "web"
+            keys = [{ key = "k" }]
+            [[sources]]
+            id = "srv"
+            topic = "srv.{type}"
+            keys = [{ key = "k2" }]
+        "#;
+        let o = Overrides { listen: Some("127.0.0.1:0".into()), data_dir: Some("/tmp/x".into()) };
+        let c = Config::from_toml("f", text, &o).unwrap();
+        assert_eq!(c.server.listen.port(), 0);
+        assert!(matches!(&c.sink, SinkConfig::LocalLog { data_dir, .. } if data_dir == Path::new("/tmp/x")));
+        assert_eq!(&*c.sources[0].topics[EventType::Identify.index()], "identities");
+        assert_eq!(&*c.sources[0].topics[EventType::Track.index()], "events");
+        assert_eq!(&*c.sources[1].topics[EventType::Page.index()], "srv.page");
+    }
+
+    #[test]
+    fn debug_output_redacts_keys() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains(&c.sources[0].keys[0].key));
+        assert!(!c.summary().contains(&c.sources[0].keys[0].key));
+    }
+}

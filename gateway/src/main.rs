@@ -1,0 +1,95 @@
+//! The `gateway` binary: parses arguments, loads config, sets up logging, builds the sink,
+//! binds, and calls [`gateway::run`]. It handles no requests itself.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use gateway::config::{Config, Overrides, SinkConfig};
+use gateway::publish::{local_log::LocalLog, memory::MemoryPublisher, Publisher};
+use tokio_util::sync::CancellationToken;
+
+/// Segment-compatible tracking gateway.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Config file (TOML). Without it the embedded config/gateway.toml is used.
+    #[arg(long, env = "GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Validate the config, print every problem, and exit (non-zero when invalid).
+    #[arg(long)]
+    check: bool,
+    /// Listen address, overriding server.listen.
+    #[arg(long, env = "GATEWAY_LISTEN")]
+    listen: Option<String>,
+    /// Data directory of the local log, overriding sink.local_log.data_dir.
+    #[arg(long, env = "GATEWAY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let overrides = Overrides { listen: args.listen.clone(), data_dir: args.data_dir.clone() };
+    let config = match Config::load(args.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("config is invalid: {} problem(s)", e.problems.len());
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        let name = args.config.as_ref().map_or(gateway::config::EMBEDDED_NAME.to_string(), |p| p.display().to_string());
+        println!("{name}: ok");
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(&config);
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "gateway failed");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async move {
+        tracing::info!(config = %config.summary(), "effective configuration");
+        let publisher: Arc<dyn Publisher> = match &config.sink {
+            SinkConfig::LocalLog { data_dir, segment_max_bytes, fsync } => Arc::new(
+                LocalLog::open(data_dir, *segment_max_bytes, *fsync)
+                    .with_context(|| format!("opening the local log at {}", data_dir.display()))?,
+            ),
+            SinkConfig::Memory => {
+                tracing::warn!("sink.kind = memory: events are NOT stored anywhere");
+                Arc::new(MemoryPublisher::new())
+            }
+        };
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("binding {}", config.server.listen))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        tracing::info!(%addr, "listening");
+        let token = CancellationToken::new();
+        gateway::shutdown::cancel_on_signal(token.clone());
+        gateway::run(config, listener, publisher, gateway::metrics::Metrics::new(), token.cancelled_owned()).await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn init_tracing(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log.format == "text" {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).init();
+    }
+}

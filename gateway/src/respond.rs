@@ -1,0 +1,342 @@
+//! Respond: the one place that turns errors and outcomes into an HTTP status and a JSON body.
+//!
+//! Owns: every status code the gateway sends, the `{"success":false,"code","message"}` error
+//! body, the batch summary body, `Retry-After`, and the CORS headers of ingest answers.
+//! Must not: decide *whether* something failed — the stages do; this only says how it looks.
+//!
+//! The `code` strings form a closed set (they double as metric labels); `ALL_CODES` lists them
+//! and a test keeps them snake_case.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{HeaderMap, Response, StatusCode};
+use http_body_util::Full;
+use serde::Serialize;
+
+use crate::auth::AuthError;
+use crate::decode::{DecodeError, EventError};
+use crate::publish::PublishError;
+
+/// The response body type of the whole server.
+pub type Body = Full<Bytes>;
+
+/// Seconds a client is asked to wait before retrying after a 503.
+pub const RETRY_AFTER_S: u64 = 2;
+
+/// Everything that can end a request with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("no route for {0}")]
+    NotFound(String),
+    #[error("method {method} is not allowed on {path}; use {allowed}")]
+    MethodNotAllowed { method: String, path: String, allowed: &'static str },
+}
+
+impl Error {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Auth(_) => StatusCode::UNAUTHORIZED,
+            Error::Decode(d) => match d {
+                DecodeError::UnsupportedMediaType(_) | DecodeError::UnsupportedEncoding(_) => {
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE
+                }
+                DecodeError::PayloadTooLarge { .. } | DecodeError::TooManyEvents { .. } => {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                }
+                DecodeError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+                DecodeError::BodyRead(_)
+                | DecodeError::InvalidGzip(_)
+                | DecodeError::InvalidJson { .. }
+                | DecodeError::InvalidBody(_) => StatusCode::BAD_REQUEST,
+                DecodeError::Event(e) => event_status(e),
+            },
+            Error::Publish(p) => publish_status(p),
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Auth(a) => a.code(),
+            Error::Decode(d) => match d {
+                DecodeError::UnsupportedMediaType(_) => "unsupported_media_type",
+                DecodeError::UnsupportedEncoding(_) => "unsupported_encoding",
+                DecodeError::PayloadTooLarge { .. } | DecodeError::TooManyEvents { .. } => "payload_too_large",
+                DecodeError::BodyTimeout(_) => "request_timeout",
+                DecodeError::BodyRead(_) => "body_read_failed",
+                DecodeError::InvalidGzip(_) => "invalid_gzip",
+                DecodeError::InvalidJson { .. } => "invalid_json",
+                DecodeError::InvalidBody(_) => "invalid_body",
+                DecodeError::Event(e) => e.code(),
+            },
+            Error::Publish(p) => publish_code(p),
+            Error::NotFound(_) => "not_found",
+            Error::MethodNotAllowed { .. } => "method_not_allowed",
+        }
+    }
+}
+
+/// Status of a single event's rejection.
+pub fn event_status(e: &EventError) -> StatusCode {
+    match e {
+        EventError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+fn publish_status(p: &PublishError) -> StatusCode {
+    match p {
+        PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        PublishError::Fatal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+pub fn publish_code(p: &PublishError) -> &'static str {
+    match p {
+        PublishError::TooLarge { .. } => "event_too_large",
+        PublishError::Fatal(_) => "publish_failed",
+        PublishError::Timeout => "publish_timeout",
+        PublishError::QueueFull | PublishError::Unavailable(_) | PublishError::ShuttingDown => "publish_unavailable",
+    }
+}
+
+/// Every `code` the gateway can send.
+pub const ALL_CODES: &[&str] = &[
+    "missing_write_key",
+    "invalid_write_key",
+    "unsupported_media_type",
+    "unsupported_encoding",
+    "payload_too_large",
+    "request_timeout",
+    "body_read_failed",
+    "invalid_gzip",
+    "invalid_json",
+    "invalid_body",
+    "invalid_event",
+    "invalid_type",
+    "missing_identity",
+    "missing_event",
+    "missing_group_id",
+    "missing_previous_id",
+    "missing_user_id",
+    "invalid_field",
+    "invalid_timestamp",
+    "event_too_large",
+    "publish_failed",
+    "publish_timeout",
+    "publish_unavailable",
+    "all_events_rejected",
+    "not_found",
+    "method_not_allowed",
+    "not_ready",
+];
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    success: bool,
+    code: &'a str,
+    message: &'a str,
+}
+
+/// One rejected event of a batch.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventFailure {
+    pub index: usize,
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// What happened to the events of one request.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub received: usize,
+    pub accepted: usize,
+    pub errors: Vec<EventFailure>,
+    /// The worst publish failure, if any event failed at the sink.
+    pub publish_error: Option<PublishError>,
+    /// Whether any event failed its own checks (as opposed to the sink failing).
+    pub any_invalid: bool,
+}
+
+impl Outcome {
+    /// Records a publish failure, keeping the one that matters most for the status: a
+    /// retriable failure wins, so that SDKs retry the request.
+    pub fn add_publish_failure(&mut self, index: usize, e: PublishError) {
+        self.errors.push(EventFailure { index, code: publish_code(&e), message: e.to_string() });
+        let replace = match &self.publish_error {
+            None => true,
+            Some(prev) => !prev.is_retriable() && e.is_retriable(),
+        };
+        if replace {
+            self.publish_error = Some(e);
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct BatchBody<'a> {
+    success: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    received: usize,
+    accepted: usize,
+    rejected: usize,
+    errors: &'a [EventFailure],
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+    }
+    r
+}
+
+/// `{"success":false,"code":…,"message":…}` with `status`.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::to_vec(&ErrorBody { success: false, code, message }).unwrap_or_default();
+    json_response(status, body)
+}
+
+/// The answer to an error.
+pub fn error(e: &Error) -> Response<Body> {
+    let mut r = error_response(e.status(), e.code(), &e.to_string());
+    if let Error::MethodNotAllowed { allowed, .. } = e {
+        r.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static(allowed));
+    }
+    r
+}
+
+/// `{"success":true}`, or 204 for a beacon that asked for no body.
+pub fn ok(no_content: bool) -> Response<Body> {
+    if no_content {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        return r;
+    }
+    json_response(StatusCode::OK, br#"{"success":true}"#.to_vec())
+}
+
+/// The answer to a single call (one event).
+pub fn single(outcome: &Outcome, first_error: Option<&EventError>, no_content: bool) -> Response<Body> {
+    if let Some(e) = first_error {
+        return error_response(event_status(e), e.code(), &e.to_string());
+    }
+    if let Some(p) = &outcome.publish_error {
+        return error_response(publish_status(p), publish_code(p), &p.to_string());
+    }
+    ok(no_content)
+}
+
+/// The answer to a batch: the summary, with a status that follows the worst outcome.
+pub fn batch(outcome: &Outcome, no_content: bool) -> Response<Body> {
+    let rejected = outcome.received - outcome.accepted;
+    let (status, code, message) = if let Some(p) = outcome.publish_error.as_ref().filter(|p| p.is_retriable()) {
+        // Retriable sink failure: the client must resend (events already stored are resent
+        // too; messageId dedup absorbs them).
+        (StatusCode::SERVICE_UNAVAILABLE, Some(publish_code(p)), Some(p.to_string()))
+    } else if outcome.accepted == 0 {
+        match &outcome.publish_error {
+            Some(p) if !outcome.any_invalid => (publish_status(p), Some(publish_code(p)), Some(p.to_string())),
+            _ => (
+                StatusCode::BAD_REQUEST,
+                Some("all_events_rejected"),
+                Some(format!("all {} events were rejected; see errors", outcome.received)),
+            ),
+        }
+    } else if no_content && rejected == 0 {
+        return ok(true);
+    } else {
+        (StatusCode::OK, None, None)
+    };
+    let body = BatchBody {
+        success: status == StatusCode::OK,
+        code,
+        message,
+        received: outcome.received,
+        accepted: outcome.accepted,
+        rejected,
+        errors: &outcome.errors,
+    };
+    json_response(status, serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// Adds the CORS headers of an ingest answer: the caller's origin is reflected (with
+/// credentials, which `*` would not allow).
+pub fn add_cors(headers: &mut HeaderMap, origin: Option<&HeaderValue>) {
+    if let Some(o) = origin {
+        headers.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
+        headers.insert(http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        headers.insert(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Retry-After"));
+    }
+    headers.append(http::header::VARY, HeaderValue::from_static("Origin"));
+}
+
+/// Headers a browser may send on ingest calls: ours plus common tracing headers (a preflight
+/// that refuses `baggage` or `sentry-trace` silently loses a page's events).
+pub const ALLOWED_HEADERS: &str =
+    "Content-Type, Content-Encoding, Authorization, X-Write-Key, baggage, sentry-trace, traceparent, tracestate";
+
+/// The answer to a CORS preflight.
+pub fn preflight(origin: Option<&HeaderValue>, max_age_s: u64) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    add_cors(h, origin);
+    h.insert(http::header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, OPTIONS"));
+    h.insert(http::header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(ALLOWED_HEADERS));
+    h.insert(http::header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(max_age_s));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_snake_case_and_listed() {
+        for c in ALL_CODES {
+            assert!(c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{c}");
+        }
+        let samples: Vec<Error> = vec![
+            AuthError::Missing.into(),
+            AuthError::Invalid.into(),
+            DecodeError::UnsupportedEncoding("br".into()).into(),
+            DecodeError::InvalidJson { offset: 1, detail: "x".into() }.into(),
+            DecodeError::Event(EventError::MissingIdentity).into(),
+            PublishError::QueueFull.into(),
+            PublishError::Timeout.into(),
+            PublishError::Fatal("x".into()).into(),
+            Error::NotFound("/x".into()),
+        ];
+        for e in samples {
+            assert!(ALL_CODES.contains(&e.code()), "{} not listed", e.code());
+        }
+    }
+
+    #[test]
+    fn retriable_publish_failure_wins() {
+        let mut o = Outcome { received: 3, accepted: 1, ..Default::default() };
+        o.add_publish_failure(1, PublishError::Fatal("auth".into()));
+        o.add_publish_failure(2, PublishError::Timeout);
+        let r = batch(&o, false);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[http::header::RETRY_AFTER], "2");
+        let mut o = Outcome { received: 2, accepted: 0, ..Default::default() };
+        o.add_publish_failure(0, PublishError::Fatal("auth".into()));
+        o.add_publish_failure(1, PublishError::Fatal("auth".into()));
+        assert_eq!(batch(&o, false).status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

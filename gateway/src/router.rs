@@ -1,0 +1,176 @@
+//! Router: maps (method, path) to what handles it, including `/health`, `/ready` and
+//! `/metrics`, and wraps every answer with its metrics and CORS headers.
+//!
+//! Owns: the path table and the 404/405 answers. Must not: read request bodies.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::HeaderValue;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::decode::EventType;
+use crate::handler::{self, AppState};
+use crate::respond::{self, Body, Error};
+
+/// How an ingest path reads its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestRoute {
+    /// Route name: a metric label and log field.
+    pub name: &'static str,
+    /// `Some` on single-call paths: the type the path fixes.
+    pub path_type: Option<EventType>,
+    /// True when the body is `{"batch":[…]}`.
+    pub batch: bool,
+}
+
+/// What a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Ingest(IngestRoute),
+    /// analytics.js's own telemetry (`/v1/m`): accepted, never published.
+    Telemetry,
+    Health,
+    Ready,
+    Metrics,
+}
+
+impl Route {
+    fn name(&self) -> &'static str {
+        match self {
+            Route::Ingest(r) => r.name,
+            Route::Telemetry => "telemetry",
+            Route::Health => "health",
+            Route::Ready => "ready",
+            Route::Metrics => "metrics",
+        }
+    }
+}
+
+const fn single(name: &'static str, t: EventType) -> Route {
+    Route::Ingest(IngestRoute { name, path_type: Some(t), batch: false })
+}
+const fn batch(name: &'static str) -> Route {
+    Route::Ingest(IngestRoute { name, path_type: None, batch: true })
+}
+
+/// The route of a path (any method), or `None` for 404.
+pub fn lookup(path: &str) -> Option<Route> {
+    let path = if path.len() > 1 { path.strip_suffix('/').unwrap_or(path) } else { path };
+    Some(match path {
+        "/v1/track" | "/v1/t" => single("track", EventType::Track),
+        "/v1/identify" | "/v1/i" => single("identify", EventType::Identify),
+        "/v1/page" | "/v1/p" => single("page", EventType::Page),
+        "/v1/screen" | "/v1/s" => single("screen", EventType::Screen),
+        "/v1/group" | "/v1/g" => single("group", EventType::Group),
+        "/v1/alias" | "/v1/a" => single("alias", EventType::Alias),
+        "/v1/batch" | "/v1/b" | "/v1/import" => batch("batch"),
+        "/api/v1/events" => Route::Ingest(IngestRoute { name: "events", path_type: None, batch: false }),
+        "/api/v1/events/batch" => batch("events_batch"),
+        "/v1/m" => Route::Telemetry,
+        "/health" => Route::Health,
+        "/ready" => Route::Ready,
+        "/metrics" => Route::Metrics,
+        _ => return None,
+    })
+}
+
+/// Handles one request end to end.
+pub async fn handle<B>(state: &AppState, req: Request<B>, peer: SocketAddr) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let started = Instant::now();
+    let route = lookup(req.uri().path());
+    let route_name = route.map_or("unknown", |r| r.name());
+    let origin = req.headers().get(http::header::ORIGIN).cloned();
+    let method = req.method().clone();
+
+    let mut response = match (route, &method) {
+        (None, _) => respond::error(&Error::NotFound(truncate_path(req.uri().path()))),
+        (Some(Route::Ingest(_) | Route::Telemetry), &Method::OPTIONS) => {
+            respond::preflight(origin.as_ref(), state.config.server.cors_max_age_s)
+        }
+        (Some(Route::Ingest(r)), &Method::POST) => {
+            state.metrics.in_flight.inc();
+            let resp = handler::ingest(state, r, req, peer).await;
+            state.metrics.in_flight.dec();
+            resp
+        }
+        (Some(Route::Telemetry), &Method::POST) => handler::telemetry(state, req).await,
+        (Some(Route::Health), &Method::GET | &Method::HEAD) => health(),
+        (Some(Route::Ready), &Method::GET | &Method::HEAD) => ready(state),
+        (Some(Route::Metrics), &Method::GET) => metrics(state),
+        (Some(r), _) => respond::error(&Error::MethodNotAllowed {
+            method: method.to_string(),
+            path: truncate_path(req.uri().path()),
+            allowed: match r {
+                Route::Ingest(_) | Route::Telemetry => "POST, OPTIONS",
+                Route::Health | Route::Ready => "GET, HEAD",
+                Route::Metrics => "GET",
+            },
+        }),
+    };
+    if matches!(route, Some(Route::Ingest(_) | Route::Telemetry)) && method != Method::OPTIONS {
+        respond::add_cors(response.headers_mut(), origin.as_ref());
+    }
+    let status = response.status();
+    state.metrics.http_requests.with_label_values(&[route_name, status.as_str()]).inc();
+    state.metrics.http_duration.with_label_values(&[route_name]).observe(started.elapsed().as_secs_f64());
+    response
+}
+
+fn truncate_path(p: &str) -> String {
+    p.chars().take(128).collect()
+}
+
+fn health() -> Response<Body> {
+    json(StatusCode::OK, br#"{"success":true,"status":"ok"}"#.to_vec())
+}
+
+fn ready(state: &AppState) -> Response<Body> {
+    if state.draining.load(Ordering::Relaxed) {
+        return respond::error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "draining: the gateway is shutting down",
+        );
+    }
+    match state.publisher.readiness() {
+        Ok(()) => json(StatusCode::OK, br#"{"success":true,"status":"ready"}"#.to_vec()),
+        Err(why) => respond::error_response(StatusCode::SERVICE_UNAVAILABLE, "not_ready", &format!("sink: {why}")),
+    }
+}
+
+fn metrics(state: &AppState) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(state.metrics.encode())));
+    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(lookup("/v1/t"), lookup("/v1/track"));
+        assert_eq!(lookup("/v1/track/"), lookup("/v1/track"));
+        assert_eq!(lookup("/v1/b"), lookup("/v1/batch"));
+        assert_eq!(lookup("/v1/import"), lookup("/v1/batch"));
+        assert_eq!(lookup("/v1/m"), Some(Route::Telemetry));
+        assert_eq!(lookup("/v1/nope"), None);
+        assert_eq!(lookup("/"), None);
+    }
+}
