@@ -6,8 +6,19 @@ gateway, one client at a time, and after each client reads the gateway's
 local log to count what arrived:
 
     scripts/check_clients.py --base-url http://127.0.0.1:PORT --write-key KEY \\
-        --log-dir DIR [--clients segment-python,beacon,...] [--wait SECONDS]
+        --log-dir DIR [--clients segment-python,beacon,...] [--wait SECONDS] \\
+        [--refresh-cmd "SHELL COMMAND"]
     scripts/check_clients.py --self-test     # checks the counting, no gateway
+
+With the Kafka sink there is no local log; --refresh-cmd runs a shell command
+before every read of DIR that writes the topics there in the local log's
+layout, e.g. the gateway's kafka_dump example:
+
+    --log-dir DIR --refresh-cmd "target/release/examples/kafka_dump \\
+        --brokers 127.0.0.1:9092 --topic events --out DIR"
+
+It must only ever append to the files it writes (kafka_dump writes one file
+per partition, which only grows). Its output is shown only when it fails.
 
 The local log: DIR holds one folder per topic; each holds segment files
 *.ndjson (name order = write order); each line is one published event, a JSON
@@ -74,10 +85,22 @@ class LogReader:
     consumed: a line the gateway is still writing is read on a later poll.
     """
 
-    def __init__(self, log_dir):
+    def __init__(self, log_dir, refresh_cmd=None):
         self.log_dir = Path(log_dir)
+        self.refresh_cmd = refresh_cmd  # shell command run before every read, or None
+        self.refreshes = 0  # times it ran
         self.offsets = {}  # path -> bytes consumed
         self.malformed = 0  # lines that are not a JSON object with a string messageId
+
+    def refresh(self):
+        """Runs --refresh-cmd (if any); a failure is reported, and the log read as it is."""
+        if not self.refresh_cmd:
+            return
+        self.refreshes += 1
+        proc = subprocess.run(self.refresh_cmd, shell=True, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"warning: --refresh-cmd exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()}",
+                  file=sys.stderr)
 
     def segment_files(self):
         if not self.log_dir.is_dir():
@@ -86,6 +109,7 @@ class LogReader:
 
     def poll(self):
         """Returns the (topic, record) pairs appended since the last poll."""
+        self.refresh()
         out = []
         for path in self.segment_files():
             offset = self.offsets.get(path, 0)
@@ -231,7 +255,7 @@ def check(args):
     if not Path(args.log_dir).is_dir():
         print(f"warning: log dir {args.log_dir} does not exist (yet)", file=sys.stderr)
 
-    reader = LogReader(args.log_dir)
+    reader = LogReader(args.log_dir, getattr(args, "refresh_cmd", None))
     seen = set()
     rows = []
     for client in clients:
@@ -375,6 +399,23 @@ def self_test():
         expect(reader.poll() == [], "reader returns nothing new")
         seg.unlink()
 
+        # 2b. --refresh-cmd runs before every read, and what it writes is read
+        refreshed = log_dir / "dumped" / "00000000000000000000.ndjson"
+        cmd = (f"mkdir -p {refreshed.parent} && printf '%s\\n' "
+               "'{\"type\": \"page\", \"messageId\": \"r1\"}' >> " + str(refreshed))
+        reader = LogReader(log_dir, refresh_cmd=cmd)
+        got = reader.poll()
+        expect([r["messageId"] for _, r in got] == ["r1"], f"refresh output is read (got {got})")
+        got = reader.poll()
+        expect([r["messageId"] for _, r in got] == ["r1"] and reader.refreshes == 2,
+               "refresh runs before every read")
+        reader = LogReader(log_dir, refresh_cmd="exit 3")
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            reader.poll()
+        expect("exited 3" in err.getvalue(), "a failing refresh is reported")
+        refreshed.unlink()
+        refreshed.parent.rmdir()
+
         # 3. the whole loop, against a fake run-all.sh writing a fake log
         cases = self_test_cases()
         fake = tmp / "run-all.sh"
@@ -389,7 +430,7 @@ def self_test():
         )
         args = argparse.Namespace(
             run_all=str(fake), base_url="http://127.0.0.1:9", write_key="k",
-            log_dir=str(log_dir), clients=None, wait=0.5,
+            log_dir=str(log_dir), clients=None, wait=0.5, refresh_cmd=None,
         )
         # the loop's own report (table, "clients: 5 passed, 5 failed") is
         # shown only when a check fails, so it is not mistaken for ours
@@ -411,7 +452,8 @@ def self_test():
         print(report.getvalue())
     for f in failures:
         print(f"self-test FAILED: {f}")
-    print("checked: kind_of/tally, LogReader (partial and malformed lines), the whole loop over a fake run-all")
+    print("checked: kind_of/tally, LogReader (partial and malformed lines, --refresh-cmd),"
+          " the whole loop over a fake run-all")
     print(f"self-test: {checks[0] - len(failures)} passed, {len(failures)} failed")
     return 1 if failures else 0
 
@@ -424,6 +466,8 @@ def main():
     p.add_argument("--clients", help="comma-separated run-all.sh names (default: all of --list)")
     p.add_argument("--wait", type=float, default=10.0,
                    help="seconds to wait after a client for missing events to reach the log (default 10)")
+    p.add_argument("--refresh-cmd",
+                   help="shell command run before every read of --log-dir (e.g. kafka_dump for the Kafka sink)")
     p.add_argument("--run-all", default=str(DEFAULT_RUN_ALL), help=argparse.SUPPRESS)
     p.add_argument("--self-test", action="store_true", help="check the counting on a fake log and exit")
     args = p.parse_args()

@@ -15,8 +15,8 @@ fn decode_batch(c: &mut Criterion) {
     let body = batch_body(100);
     let mut g = c.benchmark_group("decode");
     g.throughput(Throughput::Elements(100));
-    let now = time::OffsetDateTime::now_utc();
-    let now_text = decode::format_time(now);
+    let now = gateway::timestamp::Timestamp::now();
+    let now_text = now.format();
     g.bench_function("batch100/typed+normalise", |b| {
         b.iter(|| {
             let parsed = decode::parse_body(black_box(body.as_bytes()), true, &limits()).unwrap();
@@ -30,9 +30,9 @@ fn decode_batch(c: &mut Criterion) {
             };
             let Body::Batch(batch) = &parsed else { unreachable!() };
             let mut bytes = 0;
-            for raw in &batch.events {
-                let ev = decode::parse_event(raw, &limits()).unwrap();
-                bytes += decode::normalise(&ev, &cx).unwrap().payload.len();
+            for item in &batch.events {
+                let ev = decode::parse_event(item, &limits()).unwrap();
+                bytes += decode::normalise(ev, &cx).unwrap().payload.len();
             }
             bytes
         })

@@ -40,6 +40,9 @@ pub struct RawConfig {
     pub sink: RawSink,
     #[serde(default)]
     pub topics: RawTopics,
+    /// The Kafka sink (`[sink] kind = "kafka"`); ignored by the other sinks.
+    #[serde(default)]
+    pub kafka: RawKafka,
     #[serde(default)]
     pub log: RawLog,
     /// Sources: who may send events, and under which write keys.
@@ -93,7 +96,8 @@ pub struct RawLimits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSink {
-    /// `local_log` (the embedded default) or `memory` (tests only: events vanish on exit).
+    /// `local_log` (the embedded default), `kafka` (see `[kafka]`) or `memory` (tests only:
+    /// events vanish on exit).
     #[serde(default = "default_sink_kind")]
     pub kind: String,
     #[serde(default)]
@@ -113,6 +117,42 @@ pub struct RawLocalLog {
     /// means the event survives a power loss.
     #[serde(default = "default_true")]
     pub fsync: bool,
+}
+
+/// `[kafka]`: the Kafka sink. A 2xx means every accepted event of the request is on the
+/// broker, acknowledged by all in-sync replicas to an idempotent producer.
+///
+/// The producer gets these librdkafka properties unless `[kafka.producer]` sets them:
+/// `acks = all`, `enable.idempotence = true`, `compression.type = lz4`, `linger.ms = 5`,
+/// `queue.buffering.max.messages = 500000`, `queue.buffering.max.kbytes = 262144` (a bounded
+/// local queue: when it is full requests get 503 at once instead of waiting),
+/// `reconnect.backoff.max.ms = 1000` (reconnect within a second after an outage) and
+/// `client.id = segment-gateway`; plus `bootstrap.servers`, `message.timeout.ms` and
+/// `message.max.bytes` from the keys below.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafka {
+    /// `bootstrap.servers`: comma-separated `host:port` list. Required with `kind = "kafka"`.
+    #[serde(default)]
+    pub brokers: Option<String>,
+    /// `message.timeout.ms`: how long librdkafka tries to deliver an event before the request
+    /// gets 503. Bounded by [`MAX_KAFKA_MESSAGE_TIMEOUT_MS`] so that a request always ends
+    /// before a client's own timeout.
+    #[serde(default = "default_kafka_message_timeout_ms")]
+    pub message_timeout_ms: u64,
+    /// `message.max.bytes`: the largest record the producer sends (keep it at or below the
+    /// topics' `max.message.bytes`). Larger events get 413 `event_too_large` before producing.
+    #[serde(default = "default_kafka_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// The record key: `user_or_anonymous_id` (default: `userId`, else `anonymousId`, so one
+    /// user's events stay in order on one partition), `message_id`, or `none` (round robin).
+    #[serde(default = "default_kafka_record_key")]
+    pub record_key: String,
+    /// Any librdkafka producer property, passed through as text and overriding our defaults,
+    /// e.g. `"linger.ms" = 10` or `"sasl.mechanisms" = "PLAIN"`. Numbers and booleans are
+    /// turned into text; dotted keys may be quoted or not.
+    #[serde(default)]
+    pub producer: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -208,6 +248,28 @@ fn default_true() -> bool {
 fn default_topic() -> String {
     "events".into()
 }
+fn default_kafka_message_timeout_ms() -> u64 {
+    10_000
+}
+fn default_kafka_max_message_bytes() -> usize {
+    1_000_000
+}
+fn default_kafka_record_key() -> String {
+    "user_or_anonymous_id".into()
+}
+/// The producer properties we set unless `[kafka.producer]` does (see [`RawKafka`]).
+fn default_kafka_producer() -> [(&'static str, &'static str); 8] {
+    [
+        ("acks", "all"),
+        ("enable.idempotence", "true"),
+        ("compression.type", "lz4"),
+        ("linger.ms", "5"),
+        ("queue.buffering.max.messages", "500000"),
+        ("queue.buffering.max.kbytes", "262144"),
+        ("reconnect.backoff.max.ms", "1000"),
+        ("client.id", "segment-gateway"),
+    ]
+}
 fn default_log_format() -> String {
     "json".into()
 }
@@ -246,6 +308,17 @@ impl Default for RawSink {
 impl Default for RawLocalLog {
     fn default() -> Self {
         Self { data_dir: default_data_dir(), segment_max_bytes: default_segment_max_bytes(), fsync: true }
+    }
+}
+impl Default for RawKafka {
+    fn default() -> Self {
+        Self {
+            brokers: None,
+            message_timeout_ms: default_kafka_message_timeout_ms(),
+            max_message_bytes: default_kafka_max_message_bytes(),
+            record_key: default_kafka_record_key(),
+            producer: BTreeMap::new(),
+        }
     }
 }
 impl Default for RawTopics {
@@ -297,7 +370,180 @@ pub struct Limits {
 #[derive(Debug, Clone)]
 pub enum SinkConfig {
     LocalLog { data_dir: PathBuf, segment_max_bytes: u64, fsync: bool },
+    Kafka(KafkaConfig),
     Memory,
+}
+
+/// Upper bound of `kafka.message_timeout_ms`: below the usual SDK request timeouts
+/// (analytics-python 15 s, analytics-node 10 s), so the gateway answers before a client gives up.
+pub const MAX_KAFKA_MESSAGE_TIMEOUT_MS: u64 = 15_000;
+
+/// The validated Kafka sink settings.
+#[derive(Clone)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub message_timeout_ms: u64,
+    pub max_message_bytes: usize,
+    pub record_key: RecordKey,
+    /// Every librdkafka property the producer gets: our defaults, `[kafka.producer]` over them,
+    /// then `bootstrap.servers`, `message.timeout.ms` and `message.max.bytes` from `[kafka]`.
+    /// Aliases are folded into one spelling, so no property is set twice.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    // Passwords in `[kafka.producer]` (SASL) never reach a log line through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("message_timeout_ms", &self.message_timeout_ms)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("record_key", &self.record_key)
+            .field("properties", &redacted_properties(&self.properties))
+            .finish()
+    }
+}
+
+/// What a Kafka record's key is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKey {
+    /// `userId`, else `anonymousId`.
+    UserOrAnonymousId,
+    MessageId,
+    None,
+}
+
+/// librdkafka property names whose values are secrets.
+pub fn is_sensitive_property(name: &str) -> bool {
+    name.contains("password")
+        || name.contains("secret")
+        || name.contains("keystore")
+        || name.ends_with("key.pem")
+        || name == "ssl_key"
+        || name == "sasl.oauthbearer.config"
+}
+
+/// `name=value, …` with secret values replaced.
+fn redacted_properties(props: &BTreeMap<String, String>) -> String {
+    let shown: Vec<String> = props
+        .iter()
+        .map(|(k, v)| if is_sensitive_property(k) { format!("{k}=<redacted>") } else { format!("{k}={v}") })
+        .collect();
+    shown.join(", ")
+}
+
+/// librdkafka's aliases, folded to the spelling on the right so that a file's alias replaces
+/// our default instead of racing it (librdkafka applies properties in map order).
+const KAFKA_ALIASES: &[(&str, &str)] = &[
+    ("request.required.acks", "acks"),
+    ("compression.codec", "compression.type"),
+    ("queue.buffering.max.ms", "linger.ms"),
+    ("delivery.timeout.ms", "message.timeout.ms"),
+    ("metadata.broker.list", "bootstrap.servers"),
+    ("max.in.flight.requests.per.connection", "max.in.flight"),
+    ("message.send.max.retries", "retries"),
+    ("sasl.mechanisms", "sasl.mechanism"),
+];
+
+/// Properties that have their own `[kafka]` key (the hint says which), or that the sink
+/// cannot honour.
+const KAFKA_RESERVED: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set kafka.brokers instead"),
+    ("message.timeout.ms", "set kafka.message_timeout_ms instead"),
+    ("message.max.bytes", "set kafka.max_message_bytes instead"),
+    ("transactional.id", "transactions are not supported: each event is acknowledged on its own"),
+];
+
+/// Flattens `[kafka.producer]` into `name = text` pairs: an unquoted dotted key
+/// (`linger.ms = 5`) is a nested table in TOML, so tables are joined back with dots.
+fn flatten_producer(
+    prefix: &str,
+    table: &BTreeMap<String, toml::Value>,
+    out: &mut Vec<(String, String)>,
+    bad: &mut dyn FnMut(String),
+) {
+    for (k, v) in table {
+        let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            toml::Value::String(s) => out.push((name, s.clone())),
+            toml::Value::Integer(i) => out.push((name, i.to_string())),
+            toml::Value::Float(x) => out.push((name, x.to_string())),
+            toml::Value::Boolean(b) => out.push((name, b.to_string())),
+            toml::Value::Table(t) => {
+                let t: BTreeMap<String, toml::Value> = t.clone().into_iter().collect();
+                flatten_producer(&name, &t, out, bad);
+            }
+            toml::Value::Array(_) | toml::Value::Datetime(_) => {
+                bad(format!("kafka.producer.{name}: must be a string, number or boolean"))
+            }
+        }
+    }
+}
+
+impl RawKafka {
+    /// Validates `[kafka]` (only called when the sink is Kafka).
+    fn validate(&self, bad: &mut dyn FnMut(String)) -> KafkaConfig {
+        let brokers = self.brokers.clone().unwrap_or_default();
+        if self.brokers.is_none() {
+            bad("kafka.brokers is required with sink.kind = \"kafka\" (e.g. \"127.0.0.1:9092\")".into());
+        } else if brokers.split(',').any(|b| b.trim().is_empty() || b.trim().contains(char::is_whitespace)) {
+            bad(format!("kafka.brokers: '{brokers}' is not a comma-separated list of host:port"));
+        }
+        let message_timeout_ms = self.message_timeout_ms;
+        if !(100..=MAX_KAFKA_MESSAGE_TIMEOUT_MS).contains(&message_timeout_ms) {
+            bad(format!(
+                "kafka.message_timeout_ms: {message_timeout_ms} is outside 100..={MAX_KAFKA_MESSAGE_TIMEOUT_MS}; a \
+                 request waits this long for the broker at most and must end before the client's own timeout"
+            ));
+        }
+        let max_message_bytes = self.max_message_bytes;
+        if !(1000..=1_000_000_000).contains(&max_message_bytes) {
+            bad(format!("kafka.max_message_bytes: {max_message_bytes} is outside librdkafka's 1000..=1000000000"));
+        }
+        let record_key = match self.record_key.as_str() {
+            "user_or_anonymous_id" => RecordKey::UserOrAnonymousId,
+            "message_id" => RecordKey::MessageId,
+            "none" => RecordKey::None,
+            other => {
+                bad(format!("kafka.record_key: '{other}' is not one of user_or_anonymous_id, message_id, none"));
+                RecordKey::UserOrAnonymousId
+            }
+        };
+
+        let mut given = Vec::new();
+        flatten_producer("", &self.producer, &mut given, bad);
+        let mut properties: BTreeMap<String, String> =
+            default_kafka_producer().iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut spelled: BTreeMap<String, String> = BTreeMap::new();
+        for (name, value) in given {
+            let canonical = KAFKA_ALIASES.iter().find(|(alias, _)| *alias == name).map_or(name.as_str(), |(_, c)| *c);
+            if let Some((_, hint)) = KAFKA_RESERVED.iter().find(|(r, _)| *r == canonical) {
+                bad(format!("kafka.producer.{name}: {hint}"));
+                continue;
+            }
+            if let Some(first) = spelled.insert(canonical.to_string(), name.clone()) {
+                bad(format!("kafka.producer: '{first}' and '{name}' are the same librdkafka property; delete one"));
+                continue;
+            }
+            // Each property alone, so that every bad one is reported (and never its value:
+            // it may be a password).
+            let mut probe = rdkafka::ClientConfig::new();
+            probe.set(canonical, value.as_str());
+            if let Err(e) = probe.create_native_config() {
+                let why = match e {
+                    _ if is_sensitive_property(canonical) => "librdkafka refused the value".to_string(),
+                    rdkafka::error::KafkaError::ClientConfig(_, desc, _, _) => desc,
+                    other => other.to_string(),
+                };
+                bad(format!("kafka.producer.{name}: {}", why.trim_end_matches('.')));
+            }
+            properties.insert(canonical.to_string(), value);
+        }
+        properties.insert("bootstrap.servers".into(), brokers.clone());
+        properties.insert("message.timeout.ms".into(), message_timeout_ms.to_string());
+        properties.insert("message.max.bytes".into(), max_message_bytes.to_string());
+        KafkaConfig { brokers, message_timeout_ms, max_message_bytes, record_key, properties }
+    }
 }
 
 /// Where each event goes: `[topics]` defaults, per-type overrides, per-source templates.
@@ -441,9 +687,10 @@ impl RawConfig {
                     fsync: self.sink.local_log.fsync,
                 }
             }
+            "kafka" => SinkConfig::Kafka(self.kafka.validate(&mut bad)),
             "memory" => SinkConfig::Memory,
             other => {
-                bad(format!("sink.kind: '{other}' is not one of local_log, memory"));
+                bad(format!("sink.kind: '{other}' is not one of local_log, kafka, memory"));
                 SinkConfig::Memory
             }
         };
@@ -560,6 +807,12 @@ impl Config {
                 "local_log(data_dir={}, segment_max_bytes={segment_max_bytes}, fsync={fsync})",
                 data_dir.display()
             ),
+            SinkConfig::Kafka(k) => format!(
+                "kafka(brokers={}, record_key={:?}, properties=[{}])",
+                k.brokers,
+                k.record_key,
+                redacted_properties(&k.properties)
+            ),
             SinkConfig::Memory => "memory".into(),
         };
         let sources: Vec<String> = self.sources.iter().map(|s| format!("{}({} keys)", s.id, s.keys.len())).collect();
@@ -656,6 +909,80 @@ mod tests {
         assert_eq!(&*c.sources[0].topics[EventType::Identify.index()], "identities");
         assert_eq!(&*c.sources[0].topics[EventType::Track.index()], "events");
         assert_eq!(&*c.sources[1].topics[EventType::Page.index()], "srv.page");
+    }
+
+    const KAFKA_SOURCE: &str = "[[sources]]\nid = \"s\"\nkeys = [{ key = \"k\" }]\n";
+
+    fn kafka(text: &str) -> Result<KafkaConfig, ConfigError> {
+        let c = Config::from_toml(
+            "f.toml",
+            &format!("[sink]\nkind = \"kafka\"\n{text}\n{KAFKA_SOURCE}"),
+            &Overrides::default(),
+        )?;
+        match c.sink {
+            SinkConfig::Kafka(k) => Ok(k),
+            other => panic!("not kafka: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn kafka_defaults_and_pass_through() {
+        let k = kafka(
+            "[kafka]\nbrokers = \"b1:9092,b2:9092\"\n[kafka.producer]\nlinger.ms = 20\n\"compression.codec\" = \"snappy\"\n\"socket.keepalive.enable\" = true\n",
+        )
+        .unwrap();
+        assert_eq!(k.message_timeout_ms, 10_000);
+        assert_eq!(k.max_message_bytes, 1_000_000);
+        assert_eq!(k.record_key, RecordKey::UserOrAnonymousId);
+        let p = |n: &str| k.properties.get(n).map(String::as_str);
+        assert_eq!(p("bootstrap.servers"), Some("b1:9092,b2:9092"));
+        assert_eq!(p("acks"), Some("all"));
+        assert_eq!(p("enable.idempotence"), Some("true"));
+        assert_eq!(p("message.timeout.ms"), Some("10000"));
+        assert_eq!(p("message.max.bytes"), Some("1000000"));
+        // An unquoted dotted key and an alias both replace our default, in one spelling.
+        assert_eq!(p("linger.ms"), Some("20"));
+        assert_eq!(p("compression.type"), Some("snappy"));
+        assert_eq!(p("compression.codec"), None);
+        assert_eq!(p("socket.keepalive.enable"), Some("true"));
+    }
+
+    #[test]
+    fn kafka_problems_are_all_reported() {
+        let err = kafka(
+            "[kafka]\nmessage_timeout_ms = 60000\nmax_message_bytes = 10\nrecord_key = \"userId\"\n[kafka.producer]\n\"lingr.ms\" = 5\n\"acks\" = \"maybe\"\n\"delivery.timeout.ms\" = 1\n\"bootstrap.servers\" = \"x:1\"\n\"linger.ms\" = 1\n\"queue.buffering.max.ms\" = 2\n\"sasl.password\" = [1]\n",
+        )
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        for needle in [
+            "kafka.brokers is required",
+            "kafka.message_timeout_ms: 60000",
+            "kafka.max_message_bytes: 10",
+            "kafka.record_key: 'userId'",
+            "kafka.producer.lingr.ms",
+            "kafka.producer.acks",
+            "kafka.producer.delivery.timeout.ms: set kafka.message_timeout_ms instead",
+            "kafka.producer.bootstrap.servers: set kafka.brokers instead",
+            "are the same librdkafka property",
+            "kafka.producer.sasl.password: must be a string",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert!(err.problems.iter().all(|p| p.starts_with("f.toml: ")), "{all}");
+    }
+
+    #[test]
+    fn kafka_secrets_are_redacted() {
+        let k = kafka("[kafka]\nbrokers = \"b:1\"\n[kafka.producer]\n\"sasl.password\" = \"hunter2\"\n").unwrap();
+        assert_eq!(k.properties["sasl.password"], "hunter2");
+        assert!(!format!("{k:?}").contains("hunter2"));
+        let c = Config::from_toml(
+            "f",
+            &format!("[sink]\nkind = \"kafka\"\n[kafka]\nbrokers = \"b:1\"\n[kafka.producer]\n\"sasl.password\" = \"hunter2\"\n{KAFKA_SOURCE}"),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(!c.summary().contains("hunter2"), "{}", c.summary());
     }
 
     #[test]

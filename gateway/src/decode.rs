@@ -24,10 +24,9 @@ use http_body_util::{BodyExt, Limited};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
 use crate::config::Limits;
+use crate::timestamp::Timestamp;
 
 // ---------------------------------------------------------------------------------------------
 // Call types
@@ -301,6 +300,9 @@ pub struct RawEvent<'a> {
     previous_id: Option<&'a RawValue>,
     /// Every other field, forwarded verbatim in the order sent.
     rest: Vec<(Cow<'a, str>, &'a RawValue)>,
+    /// Size of the event's members as sent (keys and values, without insignificant
+    /// whitespace): what the per-event cap is checked against.
+    size: usize,
 }
 
 impl<'de> Deserialize<'de> for RawEvent<'de> {
@@ -311,36 +313,91 @@ impl<'de> Deserialize<'de> for RawEvent<'de> {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut ev = RawEvent::default();
-                while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
-                    let value: &'de RawValue = map.next_value()?;
-                    let slot = match &*key {
-                        "type" => &mut ev.ty,
-                        "userId" => &mut ev.user_id,
-                        "anonymousId" => &mut ev.anonymous_id,
-                        "messageId" => &mut ev.message_id,
-                        "timestamp" => &mut ev.timestamp,
-                        "originalTimestamp" => &mut ev.original_timestamp,
-                        "sentAt" => &mut ev.sent_at,
-                        "context" => &mut ev.context,
-                        "writeKey" => &mut ev.write_key,
-                        "event" => &mut ev.event,
-                        "groupId" => &mut ev.group_id,
-                        "previousId" => &mut ev.previous_id,
-                        // Set by the gateway: a client's value is dropped, never trusted.
-                        "receivedAt" | "sourceId" => continue,
-                        _ => {
-                            ev.rest.push((key, value));
-                            continue;
-                        }
-                    };
-                    *slot = Some(value);
-                }
-                Ok(ev)
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                visit_event(map)
             }
         }
         d.deserialize_map(V)
+    }
+}
+
+/// Reads one event's members: the interpreted ones into their slots, the rest in order.
+fn visit_event<'de, A: MapAccess<'de>>(mut map: A) -> Result<RawEvent<'de>, A::Error> {
+    let mut ev = RawEvent { size: 2, ..RawEvent::default() };
+    while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
+        let value: &'de RawValue = map.next_value()?;
+        ev.size += key.len() + value.get().len() + 4;
+        let slot = match &*key {
+            "type" => &mut ev.ty,
+            "userId" => &mut ev.user_id,
+            "anonymousId" => &mut ev.anonymous_id,
+            "messageId" => &mut ev.message_id,
+            "timestamp" => &mut ev.timestamp,
+            "originalTimestamp" => &mut ev.original_timestamp,
+            "sentAt" => &mut ev.sent_at,
+            "context" => &mut ev.context,
+            "writeKey" => &mut ev.write_key,
+            "event" => &mut ev.event,
+            "groupId" => &mut ev.group_id,
+            "previousId" => &mut ev.previous_id,
+            // Set by the gateway: a client's value is dropped, never trusted.
+            "receivedAt" | "sourceId" => continue,
+            _ => {
+                ev.rest.push((key, value));
+                continue;
+            }
+        };
+        *slot = Some(value);
+    }
+    Ok(ev)
+}
+
+/// One element of a batch: an event, or something that is not an object (a per-event error,
+/// not a failed request).
+// The size difference is fine: items live in one Vec per request, and boxing each event would
+// cost an allocation per event.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum BatchItem<'a> {
+    Event(RawEvent<'a>),
+    NotAnObject,
+}
+
+impl<'de> Deserialize<'de> for BatchItem<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BatchItem<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a batch element")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                visit_event(map).map(BatchItem::Event)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(BatchItem::NotAnObject)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(BatchItem::NotAnObject)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(BatchItem::NotAnObject)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(BatchItem::NotAnObject)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(BatchItem::NotAnObject)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(BatchItem::NotAnObject)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(BatchItem::NotAnObject)
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -349,7 +406,14 @@ fn opt_str<'a>(raw: Option<&'a RawValue>) -> Result<Option<Cow<'a, str>>, ()> {
     match raw {
         None => Ok(None),
         Some(r) if r.get() == "null" => Ok(None),
-        Some(r) => serde_json::from_str::<Str<'a>>(r.get()).map(|s| Some(s.0)).map_err(|_| ()),
+        Some(r) => {
+            let t = r.get();
+            // Fast path: a string without escapes is its own text between the quotes.
+            if t.len() >= 2 && t.starts_with('"') && t.ends_with('"') && !t.as_bytes().contains(&b'\\') {
+                return Ok(Some(Cow::Borrowed(&t[1..t.len() - 1])));
+            }
+            serde_json::from_str::<Str<'a>>(t).map(|s| Some(s.0)).map_err(|_| ())
+        }
     }
 }
 
@@ -379,11 +443,10 @@ pub enum Body<'a> {
     Batch(Batch<'a>),
 }
 
-/// A batch body: the events as raw slices (each parsed on its own, so that one bad event is one
-/// per-event error, not a failed request).
+/// A batch body, parsed in one pass: each element is an event or a per-event error.
 #[derive(Debug)]
 pub struct Batch<'a> {
-    pub events: Vec<&'a RawValue>,
+    pub events: Vec<BatchItem<'a>>,
     sent_at: Option<&'a RawValue>,
     write_key: Option<&'a RawValue>,
 }
@@ -402,7 +465,7 @@ impl<'de> Deserialize<'de> for Batch<'de> {
                 let mut write_key = None;
                 while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
                     match &*key {
-                        "batch" => events = Some(map.next_value::<Vec<&'de RawValue>>()?),
+                        "batch" => events = Some(map.next_value::<Vec<BatchItem<'de>>>()?),
                         "sentAt" => sent_at = Some(map.next_value()?),
                         "writeKey" => write_key = Some(map.next_value()?),
                         _ => {
@@ -489,13 +552,15 @@ pub fn parse_body<'a>(body: &'a [u8], batch: bool, limits: &Limits) -> Result<Bo
     }
 }
 
-/// Parses one event of a batch (its syntax is already known to be valid).
-pub fn parse_event<'a>(raw: &'a RawValue, limits: &Limits) -> Result<RawEvent<'a>, EventError> {
-    let text = raw.get();
-    if text.len() > limits.max_event_bytes {
-        return Err(EventError::TooLarge { size: text.len(), limit: limits.max_event_bytes });
+/// One event of a batch, checked against the per-event cap.
+pub fn parse_event<'i, 'a>(item: &'i BatchItem<'a>, limits: &Limits) -> Result<&'i RawEvent<'a>, EventError> {
+    match item {
+        BatchItem::NotAnObject => Err(EventError::NotAnObject),
+        BatchItem::Event(ev) if ev.size > limits.max_event_bytes => {
+            Err(EventError::TooLarge { size: ev.size, limit: limits.max_event_bytes })
+        }
+        BatchItem::Event(ev) => Ok(ev),
     }
-    serde_json::from_str(text).map_err(|_| EventError::NotAnObject)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -506,11 +571,11 @@ pub fn parse_event<'a>(raw: &'a RawValue, limits: &Limits) -> Result<RawEvent<'a
 pub struct RequestContext<'a> {
     /// The call type fixed by the path (`/v1/track`…), if any.
     pub path_type: Option<EventType>,
-    pub received_at: OffsetDateTime,
+    pub received_at: Timestamp,
     /// `received_at` formatted once per request.
     pub received_at_text: &'a str,
     /// The batch's `sentAt` (used when an event has none).
-    pub batch_sent_at: Option<OffsetDateTime>,
+    pub batch_sent_at: Option<Timestamp>,
     /// Client IP (peer, or X-Forwarded-For from a trusted proxy), as text.
     pub client_ip: &'a str,
     pub source_id: &'a str,
@@ -531,30 +596,11 @@ pub struct Normalised {
 
 /// Parses `sentAt` of a batch body (an unparsable one is ignored, like a missing one: it only
 /// serves clock-skew correction and must not cost the client its events).
-pub fn batch_sent_at(body: &Body<'_>) -> Option<OffsetDateTime> {
+pub fn batch_sent_at(body: &Body<'_>) -> Option<Timestamp> {
     match body {
-        Body::Batch(b) => parse_time(opt_str(b.sent_at).ok().flatten().as_deref()),
+        Body::Batch(b) => opt_str(b.sent_at).ok().flatten().and_then(|s| Timestamp::parse(&s)),
         Body::Single(_) => None,
     }
-}
-
-fn parse_time(s: Option<&str>) -> Option<OffsetDateTime> {
-    s.and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
-}
-
-/// Formats a time as RFC 3339 UTC with milliseconds: `2025-03-15T14:30:00.000Z`.
-pub fn format_time(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
 }
 
 /// Checks one call against the Segment spec and writes its normalised form.
@@ -617,19 +663,16 @@ pub fn normalise(ev: &RawEvent<'_>, cx: &RequestContext<'_>) -> Result<Normalise
     let ts_text = opt_str(ts_raw).map_err(|_| EventError::InvalidTimestamp { field: ts_field })?;
     let client_ts = match ts_text.as_deref() {
         None => None,
-        Some(s) => {
-            Some(OffsetDateTime::parse(s, &Rfc3339).map_err(|_| EventError::InvalidTimestamp { field: ts_field })?)
-        }
+        Some(s) => Some(Timestamp::parse(s).ok_or(EventError::InvalidTimestamp { field: ts_field })?),
     };
     let sent_text = opt_str(ev.sent_at).map_err(|_| EventError::InvalidTimestamp { field: "sentAt" })?;
     let sent_at = match sent_text.as_deref() {
         None => cx.batch_sent_at,
-        Some(s) => {
-            Some(OffsetDateTime::parse(s, &Rfc3339).map_err(|_| EventError::InvalidTimestamp { field: "sentAt" })?)
-        }
+        Some(s) => Some(Timestamp::parse(s).ok_or(EventError::InvalidTimestamp { field: "sentAt" })?),
     };
     let timestamp = match (client_ts, sent_at) {
-        (Some(ts), Some(sent)) => Some(cx.received_at - (sent - ts)),
+        // An absurd sentAt could push the corrected time out of range: keep the client's then.
+        (Some(ts), Some(sent)) => Some(Timestamp(cx.received_at.0 - (sent - ts)).checked().unwrap_or(ts)),
         (Some(ts), None) => Some(ts),
         (None, _) => None,
     };
@@ -640,10 +683,11 @@ pub fn normalise(ev: &RawEvent<'_>, cx: &RequestContext<'_>) -> Result<Normalise
         Some(_) => return Err(EventError::InvalidField { field: "context", expected: "must be an object" }),
         None => None,
     };
-    let context_has_ip = match context {
-        Some(c) => serde_json::from_str::<HasIp>(c).map(|h| h.0).unwrap_or(false),
-        None => false,
-    };
+    // Most contexts have no `ip` at all: one substring search rules that out before a scan.
+    let context_has_ip = context.is_some_and(|c| {
+        memchr::memmem::find(c.as_bytes(), b"\"ip\"").is_some()
+            && object_members(c).any(|(k, v)| k == "ip" && v != "null")
+    });
 
     // ---- write the normalised event ------------------------------------------------------
     let (message_id, generated) = match &client_message_id {
@@ -696,7 +740,7 @@ pub fn normalise(ev: &RawEvent<'_>, cx: &RequestContext<'_>) -> Result<Normalise
     }
     out.extend_from_slice(b",\"timestamp\":\"");
     match timestamp {
-        Some(t) => out.extend_from_slice(format_time(t).as_bytes()),
+        Some(t) => out.extend_from_slice(t.format().as_bytes()),
         None => out.extend_from_slice(cx.received_at_text.as_bytes()),
     }
     out.push(b'"');
@@ -728,7 +772,9 @@ fn write_field(out: &mut Vec<u8>, name: &str, raw: &str) {
 }
 
 fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // A branch-free fold (no early exit) lets the compiler vectorise the check.
+    let needs_escape = s.bytes().fold(false, |acc, b| acc | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if !needs_escape {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
@@ -738,38 +784,90 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-/// Whether a context object has a non-null `ip` (a shallow scan: values are skipped).
-struct HasIp(bool);
+/// The top-level members of a JSON object, as (key, value) text slices. The input must be
+/// valid JSON (it comes from a `RawValue`, which serde_json has validated), so this scanner only
+/// tracks strings and nesting. Keys are returned as written (escapes not decoded).
+pub fn object_members(obj: &str) -> Members<'_> {
+    let b = obj.as_bytes();
+    let start = b.iter().position(|c| *c == b'{').map_or(b.len(), |p| p + 1);
+    Members { s: obj, i: start }
+}
 
-impl<'de> Deserialize<'de> for HasIp {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = HasIp;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HasIp, A::Error> {
-                let mut found = false;
-                while let Some(Str(k)) = map.next_key::<Str<'de>>()? {
-                    if k == "ip" {
-                        let v: &RawValue = map.next_value()?;
-                        found = v.get() != "null";
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(HasIp(found))
-            }
+/// Iterator of [`object_members`].
+pub struct Members<'a> {
+    s: &'a str,
+    i: usize,
+}
+
+impl<'a> Members<'a> {
+    fn skip_ws_and(&mut self, extra: u8) {
+        let b = self.s.as_bytes();
+        while self.i < b.len() && (b[self.i].is_ascii_whitespace() || b[self.i] == extra) {
+            self.i += 1;
         }
-        d.deserialize_map(V)
+    }
+
+    /// Index just past the string starting at `i` (which is a quote).
+    fn string_end(&self, mut i: usize) -> usize {
+        let b = self.s.as_bytes();
+        i += 1;
+        // Jump from escape to escape: most strings have none, so this is one memchr.
+        while let Some(off) = b.get(i..).and_then(|rest| memchr::memchr2(b'"', b'\\', rest)) {
+            let at = i + off;
+            if b[at] == b'"' {
+                return at + 1;
+            }
+            i = at + 2;
+        }
+        b.len()
+    }
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let b = self.s.as_bytes();
+        self.skip_ws_and(b',');
+        if self.i >= b.len() || b[self.i] != b'"' {
+            return None;
+        }
+        let key_end = self.string_end(self.i);
+        let key = self.s.get(self.i + 1..key_end.saturating_sub(1))?;
+        self.i = key_end;
+        self.skip_ws_and(b':');
+        let value_start = self.i;
+        let mut depth = 0usize;
+        // Only structural bytes matter: jump between them (strings are skipped whole).
+        while let Some(off) = b
+            .get(self.i..)
+            .and_then(|rest| rest.iter().position(|c| matches!(c, b'"' | b'{' | b'[' | b'}' | b']' | b',')))
+        {
+            self.i += off;
+            match b[self.i] {
+                b'"' => {
+                    self.i = self.string_end(self.i);
+                    continue;
+                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' if depth == 0 => break,
+                b'}' | b']' => depth -= 1,
+                b',' if depth == 0 => break,
+                _ => {}
+            }
+            self.i += 1;
+        }
+        if self.i > b.len() {
+            self.i = b.len();
+        }
+        let value = self.s.get(value_start..self.i)?.trim_end();
+        Some((key, value))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use time::macros::datetime;
 
     fn limits() -> Limits {
         Limits { max_request_bytes: 500 * 1024, max_event_bytes: 32 * 1024, max_batch_events: 2500 }
@@ -778,7 +876,7 @@ mod tests {
     fn cx(path_type: Option<EventType>) -> RequestContext<'static> {
         RequestContext {
             path_type,
-            received_at: datetime!(2025-03-15 14:30:10.000 UTC),
+            received_at: Timestamp::parse("2025-03-15T14:30:10.000Z").unwrap(),
             received_at_text: "2025-03-15T14:30:10.000Z",
             batch_sent_at: None,
             client_ip: "203.0.113.9",
@@ -831,8 +929,8 @@ mod tests {
         let mut c = cx(None);
         c.batch_sent_at = batch_sent_at(&b);
         let Body::Batch(batch) = b else { unreachable!() };
-        let ev = parse_event(batch.events[0], &limits()).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&normalise(&ev, &c).unwrap().payload).unwrap();
+        let ev = parse_event(&batch.events[0], &limits()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&normalise(ev, &c).unwrap().payload).unwrap();
         // 13:29:00.5Z sent at 13:30:00.5Z → 60 s before receipt.
         assert_eq!(v["timestamp"], "2025-03-15T14:29:10.000Z");
     }
@@ -918,8 +1016,14 @@ mod tests {
         assert!(matches!(parse_body(big.as_bytes(), false, &l), Err(DecodeError::Event(EventError::TooLarge { .. }))));
         let body = format!(r#"{{"batch":[{big},{{"a":1}}]}}"#);
         let Body::Batch(b) = parse_body(body.as_bytes(), true, &l).unwrap() else { unreachable!() };
-        assert_eq!(parse_event(b.events[0], &l).unwrap_err().code(), "event_too_large");
-        assert!(parse_event(b.events[1], &l).is_ok());
+        assert_eq!(parse_event(&b.events[0], &l).unwrap_err().code(), "event_too_large");
+        assert!(parse_event(&b.events[1], &l).is_ok());
+        let Body::Batch(b) = parse_body(br#"{"batch":[1,"x",[1,[2]],null,true,{"a":1}]}"#, true, &limits()).unwrap()
+        else {
+            unreachable!()
+        };
+        let codes: Vec<_> = b.events.iter().map(|i| parse_event(i, &l).err().map(|e| e.code())).collect();
+        assert_eq!(codes, vec![Some("invalid_event"); 5].into_iter().chain([None]).collect::<Vec<_>>());
     }
 
     #[test]
@@ -949,7 +1053,20 @@ mod tests {
     }
 
     #[test]
-    fn time_format_is_utc_millis() {
-        assert_eq!(format_time(datetime!(2026-11-22 23:58:37.156750 +01:00)), "2026-11-22T22:58:37.156Z");
+    fn object_members_scans_top_level_only() {
+        let obj = r#"{ "a" : 1, "b\"q": {"ip":"x","n":[1,{"c":"}"}]}, "ip":"1.2.3.4" ,"e":[],"f":"a,b"}"#;
+        let m: Vec<(&str, &str)> = object_members(obj).collect();
+        assert_eq!(
+            m,
+            vec![
+                ("a", "1"),
+                ("b\\\"q", r#"{"ip":"x","n":[1,{"c":"}"}]}"#),
+                ("ip", "\"1.2.3.4\""),
+                ("e", "[]"),
+                ("f", "\"a,b\""),
+            ]
+        );
+        assert_eq!(object_members("{}").count(), 0);
+        assert_eq!(object_members("{ }").count(), 0);
     }
 }

@@ -5,14 +5,15 @@
 //! each rule lives in its stage, each status in `respond`.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use ipnet::IpNet;
-use time::OffsetDateTime;
+
+use arc_swap::ArcSwap;
 
 use crate::auth::{self, AuthError, KeyTable};
 use crate::config::{Config, Source};
@@ -21,21 +22,83 @@ use crate::metrics::Metrics;
 use crate::publish::{OutEvent, PublishError, Publisher};
 use crate::respond::{self, Body, Error, EventFailure, Outcome};
 use crate::router::IngestRoute;
+use crate::timestamp::Timestamp;
 
 /// What every request shares.
 pub struct AppState {
-    pub config: Config,
-    pub keys: KeyTable,
+    /// Everything built from the config file; swapped whole by a reload, so a request sees
+    /// either the old or the new config, never a mix.
+    runtime: ArcSwap<Runtime>,
     pub publisher: Arc<dyn Publisher>,
     pub metrics: Metrics,
     /// Set when shutdown starts: `/ready` answers 503 from then on.
     pub draining: AtomicBool,
+    request_ids: AtomicU64,
+}
+
+/// The config and what is compiled from it.
+pub struct Runtime {
+    pub config: Config,
+    pub keys: KeyTable,
+}
+
+impl Runtime {
+    /// Builds everything a config needs; fails without side effects.
+    pub fn build(config: Config) -> Result<Runtime, String> {
+        let keys = KeyTable::new(&config.sources);
+        Ok(Runtime { config, keys })
+    }
 }
 
 impl AppState {
-    pub fn new(config: Config, publisher: Arc<dyn Publisher>, metrics: Metrics) -> AppState {
-        let keys = KeyTable::new(&config.sources);
-        AppState { config, keys, publisher, metrics, draining: AtomicBool::new(false) }
+    pub fn new(config: Config, publisher: Arc<dyn Publisher>, metrics: Metrics) -> Result<AppState, String> {
+        let runtime = Runtime::build(config)?;
+        Ok(AppState {
+            runtime: ArcSwap::from_pointee(runtime),
+            publisher,
+            metrics,
+            draining: AtomicBool::new(false),
+            request_ids: AtomicU64::new(1),
+        })
+    }
+
+    /// A process-unique request id (logged, and returned as `X-Request-Id`).
+    pub fn next_request_id(&self) -> u64 {
+        self.request_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The runtime config as of now. Hold it for one request, not longer.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Replaces the runtime config after building the new one completely; on error nothing
+    /// changes. Settings that only apply at startup (listen address, connection cap, sink) are
+    /// kept as they were, with a warning.
+    pub fn reload(&self, new: Config) -> Result<(), String> {
+        let result = self.try_reload(new);
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.config_reloads.with_label_values(&[label]).inc();
+        match &result {
+            Ok(()) => tracing::info!("config reloaded"),
+            Err(e) => tracing::error!(error = %e, "config reload refused; the previous config keeps serving"),
+        }
+        result
+    }
+
+    fn try_reload(&self, new: Config) -> Result<(), String> {
+        let old = self.runtime();
+        if new.server.listen != old.config.server.listen
+            || new.server.max_connections != old.config.server.max_connections
+        {
+            tracing::warn!("server.listen and server.max_connections only change on restart");
+        }
+        if std::mem::discriminant(&new.sink) != std::mem::discriminant(&old.config.sink) {
+            return Err("sink.kind cannot change on reload; restart the gateway".into());
+        }
+        let runtime = Runtime::build(new)?;
+        self.runtime.store(Arc::new(runtime));
+        Ok(())
     }
 }
 
@@ -69,30 +132,32 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let (parts, body) = req.into_parts();
-    let limits = &state.config.limits;
+    let rt = state.runtime();
+    let limits = &rt.config.limits;
 
     // A key in the head is checked before a byte of the body is read.
     let head_source = match auth::key_from_head(&parts)? {
-        Some(key) => Some(state.keys.resolve(&key)?),
+        Some(key) => Some(rt.keys.resolve(&key)?),
         None => None,
     };
     let encoding = decode::check_headers(&parts.headers, limits)?;
-    let timeout = Duration::from_millis(state.config.server.body_read_timeout_ms);
+    let timeout = Duration::from_millis(rt.config.server.body_read_timeout_ms);
     let bytes = decode::read_body(body, encoding, limits, timeout).await?;
     state.metrics.request_body_bytes.with_label_values(&[route.name]).observe(bytes.len() as f64);
 
-    let received_at = OffsetDateTime::now_utc();
+    let received_at = Timestamp::now();
     let payload = decode::parse_body(&bytes, route.batch, limits)?;
     let source = match head_source {
         Some(s) => s,
         None => {
             let key = payload.write_key().ok_or(AuthError::Missing)?;
-            state.keys.resolve(&key)?
+            rt.keys.resolve(&key)?
         }
     };
+    tracing::Span::current().record("source_id", &*source.id);
 
-    let received_at_text = decode::format_time(received_at);
-    let client_ip = client_ip(&parts.headers, peer, &state.config.server.trusted_proxies).to_string();
+    let received_at_text = received_at.format();
+    let client_ip = client_ip(&parts.headers, peer, &rt.config.server.trusted_proxies).to_string();
     let cx = RequestContext {
         path_type: route.path_type,
         received_at,
@@ -130,8 +195,8 @@ where
         Payload::Batch(b) => {
             outcome.received = b.events.len();
             events.reserve(b.events.len());
-            for (i, raw) in b.events.iter().enumerate() {
-                match decode::parse_event(raw, limits).and_then(|ev| decode::normalise(&ev, &cx)) {
+            for (i, item) in b.events.iter().enumerate() {
+                match decode::parse_event(item, limits).and_then(|ev| decode::normalise(ev, &cx)) {
                     Ok(n) => {
                         events.push(out_event(&source, n));
                         indices.push(i);
@@ -220,9 +285,10 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let limits = &state.config.limits;
+    let rt = state.runtime();
+    let limits = &rt.config.limits;
     let (parts, body) = req.into_parts();
-    let timeout = Duration::from_millis(state.config.server.body_read_timeout_ms);
+    let timeout = Duration::from_millis(rt.config.server.body_read_timeout_ms);
     let result = match decode::check_headers(&parts.headers, limits) {
         Ok(enc) => decode::read_body(body, enc, limits, timeout).await.map(|_| ()),
         Err(e) => Err(e),

@@ -10,7 +10,8 @@
 //! - [`publish`]: the [`publish::Publisher`] trait and its sinks (local log, memory).
 //! - [`respond`]: the one mapping from errors/outcomes to status and JSON.
 //! - [`metrics`]: the Prometheus registry.
-//! - [`shutdown`]: signals → cancellation.
+//! - [`shutdown`]: signals → cancellation; [`reload`]: SIGHUP → atomic config swap.
+//! - [`timestamp`]: RFC 3339 parse/format on the hot path (shared by decode and responses).
 //!
 //! Validation against contracts and messageId dedup plug in between decode and publish.
 //!
@@ -19,14 +20,20 @@
 
 pub mod auth;
 pub mod config;
+pub mod consent;
 pub mod decode;
+pub mod dedup;
 pub mod handler;
 pub mod metrics;
 pub mod publish;
+pub mod quota;
+pub mod ratelimit;
+pub mod reload;
 pub mod respond;
 pub mod router;
 pub mod server;
 pub mod shutdown;
+pub mod timestamp;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -46,11 +53,17 @@ pub async fn run(
     publisher: Arc<dyn Publisher>,
     metrics: metrics::Metrics,
     shutdown: impl Future<Output = ()>,
-) {
-    let flush_timeout = Duration::from_millis(config.server.shutdown_timeout_ms);
-    let state = Arc::new(AppState::new(config, publisher.clone(), metrics));
-    server::serve(listener, state, shutdown).await;
-    if let Err(e) = publisher.flush(flush_timeout).await {
+) -> Result<(), String> {
+    let state = Arc::new(AppState::new(config, publisher, metrics)?);
+    serve(state, listener, shutdown).await;
+    Ok(())
+}
+
+/// [`run`] with a state built by the caller (who may keep it, e.g. to reload the config).
+pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let flush_timeout = Duration::from_millis(state.runtime().config.server.shutdown_timeout_ms);
+    server::serve(listener, state.clone(), shutdown).await;
+    if let Err(e) = state.publisher.flush(flush_timeout).await {
         tracing::error!(error = %e, "sink flush at shutdown failed");
     }
 }

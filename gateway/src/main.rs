@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use gateway::config::{Config, Overrides, SinkConfig};
-use gateway::publish::{local_log::LocalLog, memory::MemoryPublisher, Publisher};
+use gateway::publish::{kafka::KafkaPublisher, local_log::LocalLog, memory::MemoryPublisher, Publisher};
 use tokio_util::sync::CancellationToken;
 
 /// Segment-compatible tracking gateway.
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(&config);
-    match run(config) {
+    match run(config, args.config, overrides) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "gateway failed");
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         tracing::info!(config = %config.summary(), "effective configuration");
@@ -65,6 +65,7 @@ fn run(config: Config) -> anyhow::Result<()> {
                 LocalLog::open(data_dir, *segment_max_bytes, *fsync)
                     .with_context(|| format!("opening the local log at {}", data_dir.display()))?,
             ),
+            SinkConfig::Kafka(kafka) => Arc::new(KafkaPublisher::new(kafka).context("starting the Kafka sink")?),
             SinkConfig::Memory => {
                 tracing::warn!("sink.kind = memory: events are NOT stored anywhere");
                 Arc::new(MemoryPublisher::new())
@@ -77,7 +78,11 @@ fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(%addr, "listening");
         let token = CancellationToken::new();
         gateway::shutdown::cancel_on_signal(token.clone());
-        gateway::run(config, listener, publisher, gateway::metrics::Metrics::new(), token.cancelled_owned()).await;
+        let state = Arc::new(
+            gateway::AppState::new(config, publisher, gateway::metrics::Metrics::new()).map_err(anyhow::Error::msg)?,
+        );
+        gateway::reload::spawn_on_sighup(state.clone(), path, overrides);
+        gateway::serve(state, listener, token.cancelled_owned()).await;
         tracing::info!("stopped");
         Ok(())
     })
@@ -90,6 +95,6 @@ fn init_tracing(config: &Config) {
     if config.log.format == "text" {
         builder.init();
     } else {
-        builder.json().flatten_event(true).init();
+        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
     }
 }

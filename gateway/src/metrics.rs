@@ -20,6 +20,7 @@ pub struct Metrics {
     pub publish_duration: HistogramVec,
     pub in_flight: IntGauge,
     pub open_connections: IntGauge,
+    pub config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -74,6 +75,11 @@ impl Metrics {
             .expect("constant metric definition");
         let open_connections =
             IntGauge::new("gateway_open_connections", "Open client connections").expect("constant metric definition");
+        let config_reloads = IntCounterVec::new(
+            Opts::new("gateway_config_reloads_total", "Config reloads by result (ok, error)"),
+            &["result"],
+        )
+        .expect("constant metric definition");
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -84,6 +90,7 @@ impl Metrics {
             Box::new(publish_duration.clone()),
             Box::new(in_flight.clone()),
             Box::new(open_connections.clone()),
+            Box::new(config_reloads.clone()),
         ] {
             if let Err(e) = registry.register(c) {
                 tracing::error!(error = %e, "metric registration failed");
@@ -100,6 +107,7 @@ impl Metrics {
             publish_duration,
             in_flight,
             open_connections,
+            config_reloads,
         }
     }
 

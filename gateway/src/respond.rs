@@ -194,7 +194,8 @@ struct BatchBody<'a> {
     errors: &'a [EventFailure],
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+/// A JSON answer (`Retry-After` is added to every 503).
+pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
+use tracing::Instrument;
 
 use crate::decode::EventType;
 use crate::handler::{self, AppState};
@@ -87,13 +88,39 @@ where
     let started = Instant::now();
     let route = lookup(req.uri().path());
     let route_name = route.map_or("unknown", |r| r.name());
+    let request_id = state.next_request_id();
+    // One span per request: every log line inside carries these fields (never the key or body).
+    let span = tracing::info_span!(
+        "request",
+        request_id,
+        route = route_name,
+        source_id = tracing::field::Empty,
+        status = tracing::field::Empty
+    );
+    let mut response = dispatch(state, route, req, peer).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("status", status.as_u16());
+    if let Ok(v) = HeaderValue::from_str(&format!("{request_id:x}")) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    tracing::debug!(parent: &span, status = status.as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request done");
+    state.metrics.http_requests.with_label_values(&[route_name, status.as_str()]).inc();
+    state.metrics.http_duration.with_label_values(&[route_name]).observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn dispatch<B>(state: &AppState, route: Option<Route>, req: Request<B>, peer: SocketAddr) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let origin = req.headers().get(http::header::ORIGIN).cloned();
     let method = req.method().clone();
 
     let mut response = match (route, &method) {
         (None, _) => respond::error(&Error::NotFound(truncate_path(req.uri().path()))),
         (Some(Route::Ingest(_) | Route::Telemetry), &Method::OPTIONS) => {
-            respond::preflight(origin.as_ref(), state.config.server.cors_max_age_s)
+            respond::preflight(origin.as_ref(), state.runtime().config.server.cors_max_age_s)
         }
         (Some(Route::Ingest(r)), &Method::POST) => {
             state.metrics.in_flight.inc();
@@ -118,9 +145,6 @@ where
     if matches!(route, Some(Route::Ingest(_) | Route::Telemetry)) && method != Method::OPTIONS {
         respond::add_cors(response.headers_mut(), origin.as_ref());
     }
-    let status = response.status();
-    state.metrics.http_requests.with_label_values(&[route_name, status.as_str()]).inc();
-    state.metrics.http_duration.with_label_values(&[route_name]).observe(started.elapsed().as_secs_f64());
     response
 }
 
@@ -129,7 +153,7 @@ fn truncate_path(p: &str) -> String {
 }
 
 fn health() -> Response<Body> {
-    json(StatusCode::OK, br#"{"success":true,"status":"ok"}"#.to_vec())
+    respond::json_response(StatusCode::OK, br#"{"success":true,"status":"ok"}"#.to_vec())
 }
 
 fn ready(state: &AppState) -> Response<Body> {
@@ -141,7 +165,7 @@ fn ready(state: &AppState) -> Response<Body> {
         );
     }
     match state.publisher.readiness() {
-        Ok(()) => json(StatusCode::OK, br#"{"success":true,"status":"ready"}"#.to_vec()),
+        Ok(()) => respond::json_response(StatusCode::OK, br#"{"success":true,"status":"ready"}"#.to_vec()),
         Err(why) => respond::error_response(StatusCode::SERVICE_UNAVAILABLE, "not_ready", &format!("sink: {why}")),
     }
 }
@@ -149,13 +173,6 @@ fn ready(state: &AppState) -> Response<Body> {
 fn metrics(state: &AppState) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(state.metrics.encode())));
     r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
-    r
-}
-
-fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 

@@ -24,7 +24,7 @@ use crate::router;
 
 /// Serves `listener` until `shutdown` resolves, then drains.
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
-    let cfg = state.config.server.clone();
+    let cfg = state.runtime().config.server.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

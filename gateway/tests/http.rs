@@ -575,3 +575,97 @@ async fn metrics_count_what_happened() {
         assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
     }
 }
+
+fn server_config(extra_server: &str) -> String {
+    config_text("").replace("shutdown_timeout_ms = 5000", &format!("shutdown_timeout_ms = 5000\n{extra_server}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::memory_with(&server_config("header_read_timeout_ms = 300")).await;
+    let mut conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    // A slowloris client: half a request head, then nothing.
+    conn.write_all(b"POST /v1/track HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server kept a slow client's connection open");
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    // A normal request still works.
+    assert_eq!(s.post_json("/v1/track", TRACK).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cap_holds_new_connections_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::memory_with(&server_config("max_connections = 2")).await;
+    let c1 = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let c2 = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut c3 = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let req = format!("POST /v1/t HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: text/plain\r\nX-Write-Key: {KEY}\r\nContent-Length: {}\r\n\r\n{TRACK}", TRACK.len());
+    c3.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(500), c3.read(&mut buf)).await;
+    assert!(early.is_err(), "a third connection was served over a cap of 2");
+    assert_eq!(s.state.metrics.open_connections.get(), 2);
+    drop(c1);
+    let n = tokio::time::timeout(Duration::from_secs(3), c3.read(&mut buf)).await.unwrap().unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    drop(c2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_sink_and_draining() {
+    let s = TestServer::memory().await;
+    let mem = s.memory.clone().unwrap();
+    assert_eq!(request(s.addr, "GET", "/ready", &[], b"").await.status, 200);
+    mem.set_ready(Err("disk full".into()));
+    let r = request(s.addr, "GET", "/ready", &[], b"").await;
+    r.assert_error(503, "not_ready");
+    assert!(r.json()["message"].as_str().unwrap().contains("disk full"));
+    // Liveness is not readiness.
+    assert_eq!(request(s.addr, "GET", "/health", &[], b"").await.status, 200);
+    mem.set_ready(Ok(()));
+    assert_eq!(request(s.addr, "GET", "/ready", &[], b"").await.status, 200);
+    s.state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    let r = request(s.addr, "GET", "/ready", &[], b"").await;
+    r.assert_error(503, "not_ready");
+    assert!(r.json()["message"].as_str().unwrap().contains("draining"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_keys_and_refuses_a_broken_file() {
+    use gateway::config::Overrides;
+    let s = TestServer::memory().await;
+    assert_eq!(s.post_json("/v1/track", TRACK).await.status, 200);
+    let dir = tempfile::tempdir().unwrap();
+    // Revoke the test key: the new file only knows the other one.
+    let revoked = dir.path().join("revoked.toml");
+    std::fs::write(
+        &revoked,
+        config_text("").replace(
+            &format!(r#"keys = [{{ key = "{KEY}", label = "browser" }}]"#),
+            r#"keys = [{ key = "fresh-key" }]"#,
+        ),
+    )
+    .unwrap();
+    gateway::reload::reload_from(&s.state, Some(&revoked), &Overrides::default()).unwrap();
+    s.post_json("/v1/track", TRACK).await.assert_error(401, "invalid_write_key");
+    let r = s
+        .post("/v1/track", &[("Content-Type", "application/json"), ("X-Write-Key", "fresh-key")], TRACK.as_bytes())
+        .await;
+    assert_eq!(r.status, 200);
+    // A broken file is refused and the current config keeps serving.
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "[server]\nlisten = \"x\"\n[[sources]]\nid = \"\"\n").unwrap();
+    let err = gateway::reload::reload_from(&s.state, Some(&broken), &Overrides::default()).unwrap_err();
+    assert!(err.contains("broken.toml"), "{err}");
+    let r = s
+        .post("/v1/track", &[("Content-Type", "application/json"), ("X-Write-Key", "fresh-key")], TRACK.as_bytes())
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(s.state.metrics.config_reloads.with_label_values(&["ok"]).get(), 1);
+    assert_eq!(s.state.metrics.config_reloads.with_label_values(&["error"]).get(), 1);
+}

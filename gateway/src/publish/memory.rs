@@ -9,17 +9,36 @@ use std::time::Duration;
 use super::{BoxFuture, OutEvent, PublishError, PublishResults, Publisher};
 
 /// Keeps published events in a `Vec`.
-#[derive(Default)]
 pub struct MemoryPublisher {
     events: Mutex<Vec<OutEvent>>,
     /// Errors to return for the next events published, one per event, in order.
     failures: Mutex<Vec<PublishError>>,
     delay: Mutex<Option<Duration>>,
+    /// What `readiness` answers (tests flip it to simulate a sink outage).
+    ready: Mutex<Result<(), String>>,
+}
+
+impl Default for MemoryPublisher {
+    fn default() -> Self {
+        Self {
+            events: Mutex::default(),
+            failures: Mutex::default(),
+            delay: Mutex::default(),
+            ready: Mutex::new(Ok(())),
+        }
+    }
 }
 
 impl MemoryPublisher {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets what `readiness` answers.
+    pub fn set_ready(&self, ready: Result<(), String>) {
+        if let Ok(mut r) = self.ready.lock() {
+            *r = ready;
+        }
     }
 
     /// Every event published so far.
@@ -66,7 +85,7 @@ impl Publisher for MemoryPublisher {
     }
 
     fn readiness(&self) -> Result<(), String> {
-        Ok(())
+        self.ready.lock().map_err(|_| "poisoned".to_string()).and_then(|r| r.clone())
     }
 
     fn flush(&self, _timeout: Duration) -> BoxFuture<'_, Result<(), PublishError>> {

@@ -7,8 +7,10 @@
 //!
 //! Sinks:
 //! - [`local_log::LocalLog`]: the embedded default, NDJSON segment files per topic;
+//! - [`kafka::KafkaPublisher`]: one record per event, answered once the broker acknowledged it;
 //! - [`memory::MemoryPublisher`]: for tests, can be told to fail.
 
+pub mod kafka;
 pub mod local_log;
 pub mod memory;
 

@@ -48,6 +48,7 @@ pub fn config_text(extra: &str) -> String {
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub state: Arc<gateway::AppState>,
     pub memory: Option<Arc<MemoryPublisher>>,
     pub data_dir: Option<PathBuf>,
     stop: Option<oneshot::Sender<()>>,
@@ -77,13 +78,14 @@ impl TestServer {
 
     pub async fn start(toml: &str, publisher: Arc<dyn Publisher>) -> TestServer {
         let config = Config::from_toml("test.toml", toml, &Overrides::default()).unwrap();
+        let state = Arc::new(gateway::AppState::new(config, publisher, gateway::metrics::Metrics::new()).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(gateway::run(config, listener, publisher, gateway::metrics::Metrics::new(), async {
+        let task = tokio::spawn(gateway::serve(state.clone(), listener, async {
             let _ = rx.await;
         }));
-        TestServer { addr, memory: None, data_dir: None, stop: Some(tx), task: Some(task) }
+        TestServer { addr, state, memory: None, data_dir: None, stop: Some(tx), task: Some(task) }
     }
 
     /// Stops the server and waits until it has drained and flushed.
