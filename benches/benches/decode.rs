@@ -15,6 +15,7 @@ fn decode_batch(c: &mut Criterion) {
     let body = batch_body(100);
     let mut g = c.benchmark_group("decode");
     g.throughput(Throughput::Elements(100));
+    let policy = gateway::consent::ConsentPolicy::default();
     let now = gateway::timestamp::Timestamp::now();
     let now_text = now.format();
     g.bench_function("batch100/typed+normalise", |b| {
@@ -27,6 +28,7 @@ fn decode_batch(c: &mut Criterion) {
                 batch_sent_at: decode::batch_sent_at(&parsed),
                 client_ip: "203.0.113.9",
                 source_id: "bench",
+                consent: &policy,
             };
             let Body::Batch(batch) = &parsed else { unreachable!() };
             let mut bytes = 0;
@@ -58,6 +60,7 @@ fn decode_batch(c: &mut Criterion) {
                 batch_sent_at: None,
                 client_ip: "203.0.113.9",
                 source_id: "bench",
+                consent: &policy,
             };
             let Body::Single(ev) = &parsed else { unreachable!() };
             decode::normalise(ev, &cx).unwrap().payload.len()

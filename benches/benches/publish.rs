@@ -19,6 +19,7 @@ fn events(n: usize) -> Vec<OutEvent> {
             source_id: Arc::from("bench"),
             message_id: format!("m-{i}"),
             payload: track_event(i).into_bytes(),
+            consent_header: None,
         })
         .collect()
 }

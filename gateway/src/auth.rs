@@ -17,7 +17,7 @@ use http::request::Parts;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::Source;
+use crate::config::{Source, WriteKey};
 
 /// Why a request has no source.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +26,8 @@ pub enum AuthError {
     Missing,
     #[error("the write key is not valid")]
     Invalid,
+    #[error("the write key has been revoked")]
+    Revoked,
     #[error("the Authorization header is malformed: {0}")]
     Malformed(&'static str),
 }
@@ -35,6 +37,7 @@ impl AuthError {
         match self {
             AuthError::Missing => "missing_write_key",
             AuthError::Invalid | AuthError::Malformed(_) => "invalid_write_key",
+            AuthError::Revoked => "revoked_write_key",
         }
     }
 }
@@ -48,25 +51,46 @@ pub struct KeyTable {
 struct KeyEntry {
     key: Box<[u8]>,
     source: Arc<Source>,
+    index: usize,
+}
+
+/// A resolved, non-revoked key: its source and its settings.
+#[derive(Clone, Debug)]
+pub struct Credential {
+    pub source: Arc<Source>,
+    index: usize,
+}
+
+impl Credential {
+    /// The key's settings (kind, allowed types and origins, limits).
+    pub fn key(&self) -> Option<&WriteKey> {
+        self.source.keys.get(self.index)
+    }
 }
 
 impl KeyTable {
     pub fn new(sources: &[Arc<Source>]) -> KeyTable {
         let mut by_digest = HashMap::new();
         for s in sources {
-            for k in &s.keys {
-                by_digest
-                    .insert(digest(k.key.as_bytes()), KeyEntry { key: k.key.as_bytes().into(), source: s.clone() });
+            for (index, k) in s.keys.iter().enumerate() {
+                let entry = KeyEntry { key: k.key.as_bytes().into(), source: s.clone(), index };
+                by_digest.insert(digest(k.key.as_bytes()), entry);
             }
         }
         KeyTable { by_digest }
     }
 
-    /// The source a key belongs to.
-    pub fn resolve(&self, key: &str) -> Result<Arc<Source>, AuthError> {
+    /// The source and settings of a key; a revoked key is an error.
+    pub fn resolve(&self, key: &str) -> Result<Credential, AuthError> {
         let presented = key.as_bytes();
         match self.by_digest.get(&digest(presented)) {
-            Some(e) if bool::from(e.key.as_ref().ct_eq(presented)) => Ok(e.source.clone()),
+            Some(e) if bool::from(e.key.as_ref().ct_eq(presented)) => {
+                let cred = Credential { source: e.source.clone(), index: e.index };
+                match cred.key() {
+                    Some(k) if k.revoked => Err(AuthError::Revoked),
+                    _ => Ok(cred),
+                }
+            }
             _ => Err(AuthError::Invalid),
         }
     }
@@ -98,6 +122,19 @@ pub fn key_from_head(parts: &Parts) -> Result<Option<Cow<'_, str>>, AuthError> {
         }
     }
     Ok(None)
+}
+
+/// The key of a read endpoint (`GET /v1/usage`): `Authorization: Bearer KEY`, or any form
+/// ingestion accepts in the head.
+pub fn key_for_read(parts: &Parts) -> Result<Option<Cow<'_, str>>, AuthError> {
+    if let Some(v) = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        if let Some((scheme, token)) = v.trim().split_once(' ') {
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
+                return Ok(Some(Cow::Borrowed(token.trim())));
+            }
+        }
+    }
+    key_from_head(parts)
 }
 
 /// The user part of `Authorization: Basic base64(user:password)`; the password is ignored
@@ -203,7 +240,7 @@ mod tests {
     fn resolve_known_and_unknown() {
         let c = Config::load(None, &Overrides::default()).unwrap();
         let t = KeyTable::new(&c.sources);
-        assert_eq!(&*t.resolve("demo-write-key").unwrap().id, "demo");
+        assert_eq!(&*t.resolve("demo-write-key").unwrap().source.id, "demo");
         assert_eq!(t.resolve("demo-write-kez").unwrap_err(), AuthError::Invalid);
         assert_eq!(t.resolve("").unwrap_err(), AuthError::Invalid);
     }

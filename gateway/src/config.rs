@@ -16,7 +16,9 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::consent::ConsentPolicy;
 use crate::decode::EventType;
+use crate::ratelimit::{IpLimit, KeyLimits};
 
 /// The embedded default configuration (`config/gateway.toml`): local log, one demo source.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/gateway.toml");
@@ -45,9 +47,56 @@ pub struct RawConfig {
     pub kafka: RawKafka,
     #[serde(default)]
     pub log: RawLog,
+    /// Limits shared by every key (the per-key windows live on sources and keys).
+    #[serde(default)]
+    pub rate_limits: RawRateLimits,
+    /// Usage counters (quotas, `GET /v1/usage`).
+    #[serde(default)]
+    pub usage: RawUsage,
+    /// messageId deduplication.
+    #[serde(default)]
+    pub dedup: RawDedup,
     /// Sources: who may send events, and under which write keys.
     #[serde(default)]
     pub sources: Vec<RawSource>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimits {
+    /// Per client IP, across all keys (e.g. `{ limit = 120, period_s = 60 }`). Absent: off.
+    #[serde(default)]
+    pub per_ip: Option<IpLimit>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUsage {
+    /// Where `usage.json` (accepted/rejected/duplicate counts, quota state) is kept.
+    /// Default: the local log's data directory (`GATEWAY_DATA_DIR` / `--data-dir` apply).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// How often changed counts are written (a crash loses at most this much).
+    #[serde(default = "default_usage_persist_interval_ms")]
+    pub persist_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDedup {
+    /// Most messageIds remembered (all sources together); ≈31 bytes each when full.
+    #[serde(default = "default_dedup_capacity")]
+    pub capacity: usize,
+    /// How long a copy waits for an in-flight request publishing the same id (then 503).
+    #[serde(default = "default_dedup_wait_timeout_ms")]
+    pub wait_timeout_ms: u64,
+    /// How often expired ids are swept (one shard at a time, never all at once).
+    #[serde(default = "default_dedup_sweep_interval_ms")]
+    pub sweep_interval_ms: u64,
+    /// Snapshot written at shutdown and loaded at start. Default: `dedup.snapshot` in the data
+    /// directory. Set to "" to disable.
+    #[serde(default)]
+    pub snapshot_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -188,6 +237,27 @@ pub struct RawSource {
     /// Topic for this source's events, overriding `[topics]` (may use `{type}`).
     #[serde(default)]
     pub topic: Option<String>,
+    /// Call types this source's keys may send (default: all six). Keys may narrow it.
+    #[serde(default)]
+    pub allowed_types: Option<Vec<String>>,
+    /// Browser origins allowed to send with this source's keys, e.g. `https://shop.example.com`
+    /// or `https://*.example.com` (default: any). Requests without `Origin` (servers) pass.
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Request rate windows for each key of this source (keys may override each window).
+    #[serde(default)]
+    pub rate_limits: KeyLimits,
+    /// Accepted events per calendar month (UTC); over it, 402 `quota_exceeded`.
+    #[serde(default)]
+    pub monthly_event_quota: Option<u64>,
+    /// Consent enforcement: required categories, IP policy, purpose mapping.
+    #[serde(default)]
+    pub consent: ConsentPolicy,
+    /// Drop events whose client-sent messageId was already published within `dedup_ttl_s`.
+    #[serde(default = "default_true")]
+    pub dedup: bool,
+    #[serde(default = "default_dedup_ttl_s")]
+    pub dedup_ttl_s: u64,
     /// Write keys that map to this source.
     #[serde(default)]
     pub keys: Vec<RawKey>,
@@ -198,9 +268,36 @@ pub struct RawSource {
 pub struct RawKey {
     /// The write key itself. Never logged.
     pub key: String,
-    /// A label for operators (logs and metrics use the source id, never the key).
+    /// A label for operators, unique within the source (logs and metrics never show the key).
     #[serde(default)]
     pub label: String,
+    /// `publishable` (browser-safe: ingest only) or `secret` (server-side: ingest and the read
+    /// endpoints such as `GET /v1/usage`).
+    #[serde(default)]
+    pub kind: KeyKind,
+    /// A revoked key gets 401 `revoked_write_key` (reload the config to revoke at once).
+    #[serde(default)]
+    pub revoked: bool,
+    /// Narrows the source's `allowed_types` for this key.
+    #[serde(default)]
+    pub allowed_types: Option<Vec<String>>,
+    /// Replaces the source's `allowed_origins` for this key.
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Overrides the source's rate windows, window by window.
+    #[serde(default)]
+    pub rate_limits: KeyLimits,
+}
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyKind {
+    /// Ships in browser JavaScript: ingest only.
+    #[default]
+    Publishable,
+    /// Kept on servers: ingest and read endpoints.
+    Secret,
 }
 
 fn default_listen() -> String {
@@ -269,6 +366,36 @@ fn default_kafka_producer() -> [(&'static str, &'static str); 8] {
         ("reconnect.backoff.max.ms", "1000"),
         ("client.id", "segment-gateway"),
     ]
+}
+fn default_usage_persist_interval_ms() -> u64 {
+    5_000
+}
+fn default_dedup_capacity() -> usize {
+    crate::dedup::DEFAULT_CAPACITY
+}
+fn default_dedup_wait_timeout_ms() -> u64 {
+    5_000
+}
+fn default_dedup_sweep_interval_ms() -> u64 {
+    60_000
+}
+fn default_dedup_ttl_s() -> u64 {
+    86_400
+}
+impl Default for RawUsage {
+    fn default() -> Self {
+        Self { data_dir: None, persist_interval_ms: default_usage_persist_interval_ms() }
+    }
+}
+impl Default for RawDedup {
+    fn default() -> Self {
+        Self {
+            capacity: default_dedup_capacity(),
+            wait_timeout_ms: default_dedup_wait_timeout_ms(),
+            sweep_interval_ms: default_dedup_sweep_interval_ms(),
+            snapshot_path: None,
+        }
+    }
 }
 fn default_log_format() -> String {
     "json".into()
@@ -344,7 +471,20 @@ pub struct Config {
     pub sink: SinkConfig,
     pub topics: Topics,
     pub log: RawLog,
+    pub per_ip_limit: Option<IpLimit>,
+    /// Where usage counts persist, and how often.
+    pub usage_dir: PathBuf,
+    pub usage_persist_interval_ms: u64,
+    pub dedup: DedupSettings,
     pub sources: Vec<Arc<Source>>,
+}
+
+/// Validated `[dedup]`.
+#[derive(Debug, Clone)]
+pub struct DedupSettings {
+    pub cache: crate::dedup::DedupConfig,
+    pub sweep_interval_ms: u64,
+    pub snapshot_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -561,19 +701,120 @@ pub struct Source {
     pub name: String,
     /// Resolved topic per event type for this source (templates expanded at startup).
     pub topics: [Arc<str>; EventType::COUNT],
+    pub monthly_event_quota: Option<u64>,
+    pub consent: ConsentPolicy,
+    /// `Some(ttl)` when client messageIds are deduplicated.
+    pub dedup_ttl: Option<std::time::Duration>,
+    pub rate_limits: KeyLimits,
     pub keys: Vec<WriteKey>,
 }
 
-/// One write key of a source.
+/// One write key of a source, with its settings resolved (inherited from the source).
 pub struct WriteKey {
     pub key: String,
     pub label: String,
+    /// Stable across reloads while source id and label stay: `source_id/label`. Rate-limit
+    /// state is keyed by it.
+    pub id: Arc<str>,
+    pub kind: KeyKind,
+    pub revoked: bool,
+    pub allowed_types: TypeSet,
+    /// `None`: any origin.
+    pub allowed_origins: Option<Vec<OriginPattern>>,
+    pub rate_limits: KeyLimits,
 }
 
 impl std::fmt::Debug for WriteKey {
     // Keys never reach a log line, not even through `{:?}` of the config.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteKey").field("key", &"<redacted>").field("label", &self.label).finish()
+        f.debug_struct("WriteKey")
+            .field("key", &"<redacted>")
+            .field("label", &self.label)
+            .field("kind", &self.kind)
+            .field("revoked", &self.revoked)
+            .finish()
+    }
+}
+
+/// A set of call types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TypeSet(u8);
+
+impl TypeSet {
+    pub const ALL: TypeSet = TypeSet((1 << EventType::COUNT) - 1);
+
+    pub fn contains(self, t: EventType) -> bool {
+        self.0 & (1 << t.index()) != 0
+    }
+
+    fn parse(names: &[String], at: &str, bad: &mut dyn FnMut(String)) -> TypeSet {
+        let mut set = 0u8;
+        for n in names {
+            match EventType::parse(n) {
+                Some(t) => set |= 1 << t.index(),
+                None => bad(format!("{at}: '{n}' is not a call type (track, identify, page, screen, group, alias)")),
+            }
+        }
+        TypeSet(set)
+    }
+
+    fn intersect(self, other: TypeSet) -> TypeSet {
+        TypeSet(self.0 & other.0)
+    }
+
+    /// The type names, for the usage API.
+    pub fn names(self) -> Vec<&'static str> {
+        EventType::ALL.iter().filter(|t| self.contains(**t)).map(|t| t.as_str()).collect()
+    }
+}
+
+/// An allowed browser origin: exact (`https://shop.example.com`), a subdomain wildcard
+/// (`https://*.example.com`, which does not match the bare domain), or `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPattern {
+    Any,
+    Exact(String),
+    /// Scheme, `://`, and the domain suffix starting with '.'.
+    Subdomains {
+        scheme: String,
+        suffix: String,
+    },
+}
+
+impl OriginPattern {
+    fn parse(p: &str) -> Result<OriginPattern, String> {
+        let p = p.trim().trim_end_matches('/').to_ascii_lowercase();
+        if p == "*" {
+            return Ok(OriginPattern::Any);
+        }
+        let Some((scheme, host)) = p.split_once("://") else {
+            return Err(format!("'{p}' is not an origin like https://shop.example.com"));
+        };
+        if scheme != "http" && scheme != "https" || host.is_empty() || host.contains('/') {
+            return Err(format!("'{p}' is not an origin like https://shop.example.com"));
+        }
+        match host.strip_prefix('*') {
+            Some(rest) if rest.starts_with('.') && rest.len() > 1 && !rest.contains('*') => {
+                Ok(OriginPattern::Subdomains { scheme: scheme.to_string(), suffix: rest.to_string() })
+            }
+            Some(_) => Err(format!("'{p}': a wildcard must be a whole leading label, as in https://*.example.com")),
+            None if host.contains('*') => Err(format!("'{p}': a wildcard must be a whole leading label")),
+            None => Ok(OriginPattern::Exact(p)),
+        }
+    }
+
+    /// Whether an `Origin` header value matches (ASCII case-insensitive).
+    pub fn matches(&self, origin: &str) -> bool {
+        let origin = origin.trim_end_matches('/');
+        match self {
+            OriginPattern::Any => true,
+            OriginPattern::Exact(o) => origin.eq_ignore_ascii_case(o),
+            OriginPattern::Subdomains { scheme, suffix } => {
+                let Some((s, host)) = origin.split_once("://") else { return false };
+                let host = host.to_ascii_lowercase();
+                s.eq_ignore_ascii_case(scheme) && host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
+        }
     }
 }
 
@@ -761,13 +1002,97 @@ impl RawConfig {
                     }
                 }
             }
+            let at = format!("sources[{i}]");
+            let source_types = match &s.allowed_types {
+                Some(names) => TypeSet::parse(names, &format!("{at}.allowed_types"), &mut bad),
+                None => TypeSet::ALL,
+            };
+            let parse_origins = |list: &Option<Vec<String>>, at: &str, bad: &mut dyn FnMut(String)| {
+                list.as_ref().map(|l| {
+                    l.iter()
+                        .filter_map(|o| OriginPattern::parse(o).map_err(|e| bad(format!("{at}: {e}"))).ok())
+                        .collect::<Vec<_>>()
+                })
+            };
+            let source_origins = parse_origins(&s.allowed_origins, &format!("{at}.allowed_origins"), &mut bad);
+            s.rate_limits.validate(&format!("{at}.rate_limits"), &mut bad);
+            s.consent.validate(&format!("{at}.consent"), &mut bad);
+            if s.monthly_event_quota == Some(0) {
+                bad(format!("{at}.monthly_event_quota must be at least 1; remove it for no quota"));
+            }
+            if s.dedup && s.dedup_ttl_s == 0 {
+                bad(format!("{at}.dedup_ttl_s must be at least 1 (or set dedup = false)"));
+            }
+            let mut labels = HashSet::new();
+            let mut write_keys = Vec::new();
+            for (k, key) in s.keys.iter().enumerate() {
+                let kat = format!("{at}.keys[{k}]");
+                let label = if key.label.is_empty() { format!("key{k}") } else { key.label.clone() };
+                if !labels.insert(label.clone()) {
+                    bad(format!(
+                        "{kat}.label: '{label}' is used twice in this source (labels name keys in logs and limits)"
+                    ));
+                }
+                key.rate_limits.validate(&format!("{kat}.rate_limits"), &mut bad);
+                let types = match &key.allowed_types {
+                    Some(names) => {
+                        TypeSet::parse(names, &format!("{kat}.allowed_types"), &mut bad).intersect(source_types)
+                    }
+                    None => source_types,
+                };
+                let origins = match &key.allowed_origins {
+                    Some(_) => parse_origins(&key.allowed_origins, &format!("{kat}.allowed_origins"), &mut bad),
+                    None => source_origins.clone(),
+                };
+                write_keys.push(WriteKey {
+                    key: key.key.clone(),
+                    id: Arc::from(format!("{}/{label}", s.id)),
+                    label,
+                    kind: key.kind,
+                    revoked: key.revoked,
+                    allowed_types: types,
+                    allowed_origins: origins,
+                    rate_limits: key.rate_limits.inherit(&s.rate_limits),
+                });
+            }
             sources.push(Arc::new(Source {
                 id: Arc::from(s.id.as_str()),
                 name: if s.name.is_empty() { s.id.clone() } else { s.name.clone() },
                 topics: EventType::ALL.map(|t| Arc::<str>::from(topic_of(t))),
-                keys: s.keys.iter().map(|k| WriteKey { key: k.key.clone(), label: k.label.clone() }).collect(),
+                monthly_event_quota: s.monthly_event_quota,
+                consent: s.consent.clone(),
+                dedup_ttl: s.dedup.then(|| std::time::Duration::from_secs(s.dedup_ttl_s)),
+                rate_limits: s.rate_limits,
+                keys: write_keys,
             }));
         }
+
+        if let Some(ip) = &self.rate_limits.per_ip {
+            ip.validate("rate_limits.per_ip", &mut bad);
+        }
+        if self.usage.persist_interval_ms == 0 {
+            bad("usage.persist_interval_ms must be at least 1".into());
+        }
+        let data_dir = self.sink.local_log.data_dir.clone();
+        let usage_dir = self.usage.data_dir.clone().unwrap_or_else(|| data_dir.clone());
+        let dedup_cache = crate::dedup::DedupConfig {
+            capacity: self.dedup.capacity,
+            wait_timeout: std::time::Duration::from_millis(self.dedup.wait_timeout_ms),
+            ..crate::dedup::DedupConfig::default()
+        };
+        for p in dedup_cache.problems() {
+            bad(format!("dedup: {p}"));
+        }
+        if self.dedup.sweep_interval_ms == 0 {
+            bad("dedup.sweep_interval_ms must be at least 1".into());
+        }
+        let snapshot_path = match &self.dedup.snapshot_path {
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(p.clone()),
+            None => Some(data_dir.join("dedup.snapshot")),
+        };
+        let dedup =
+            DedupSettings { cache: dedup_cache, sweep_interval_ms: self.dedup.sweep_interval_ms, snapshot_path };
 
         if !problems.is_empty() {
             return Err(ConfigError { problems });
@@ -794,6 +1119,10 @@ impl RawConfig {
             sink,
             topics,
             log: self.log,
+            per_ip_limit: self.rate_limits.per_ip,
+            usage_dir,
+            usage_persist_interval_ms: self.usage.persist_interval_ms,
+            dedup,
             sources,
         })
     }

@@ -26,6 +26,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::config::Limits;
+use crate::consent::{Consent, ConsentPolicy, Decision as ConsentDecision, IpPolicy};
 use crate::timestamp::Timestamp;
 
 // ---------------------------------------------------------------------------------------------
@@ -137,6 +138,8 @@ pub enum EventError {
     InvalidTimestamp { field: &'static str },
     #[error("event is {size} bytes; the limit is {limit}")]
     TooLarge { size: usize, limit: usize },
+    #[error("context.consent: {0}")]
+    InvalidConsent(String),
 }
 
 impl EventError {
@@ -153,6 +156,7 @@ impl EventError {
             EventError::InvalidField { .. } => "invalid_field",
             EventError::InvalidTimestamp { .. } => "invalid_timestamp",
             EventError::TooLarge { .. } => "event_too_large",
+            EventError::InvalidConsent(_) => "invalid_consent",
         }
     }
 }
@@ -579,6 +583,8 @@ pub struct RequestContext<'a> {
     /// Client IP (peer, or X-Forwarded-For from a trusted proxy), as text.
     pub client_ip: &'a str,
     pub source_id: &'a str,
+    /// The source's consent policy (required categories, IP policy, purpose mapping).
+    pub consent: &'a ConsentPolicy,
 }
 
 /// An event ready to publish.
@@ -592,6 +598,10 @@ pub struct Normalised {
     pub key: Option<String>,
     /// The normalised event as JSON.
     pub payload: Vec<u8>,
+    /// Derived consent categories, compact (`analytics=1;advertising=0`), for a record header.
+    pub consent_header: Option<String>,
+    /// The source's consent policy says: answer 200 but do not publish.
+    pub consent_drop: bool,
 }
 
 /// Parses `sentAt` of a batch body (an unparsable one is ignored, like a missing one: it only
@@ -683,11 +693,26 @@ pub fn normalise(ev: &RawEvent<'_>, cx: &RequestContext<'_>) -> Result<Normalise
         Some(_) => return Err(EventError::InvalidField { field: "context", expected: "must be an object" }),
         None => None,
     };
-    // Most contexts have no `ip` at all: one substring search rules that out before a scan.
-    let context_has_ip = context.is_some_and(|c| {
-        memchr::memmem::find(c.as_bytes(), b"\"ip\"").is_some()
-            && object_members(c).any(|(k, v)| k == "ip" && v != "null")
-    });
+    // Most contexts carry neither `ip` nor `consent`: a substring search rules each out before
+    // a scan of the members.
+    let has_member = |c: &str, quoted: &[u8], name: &str| {
+        memchr::memmem::find(c.as_bytes(), quoted).is_some() && object_members(c).any(|(k, v)| k == name && v != "null")
+    };
+    let context_has_ip = context.is_some_and(|c| has_member(c, b"\"ip\"", "ip"));
+    let consent_raw = match context {
+        Some(c) if has_member(c, b"\"consent\"", "consent") => {
+            object_members(c).find(|(k, v)| *k == "consent" && *v != "null").map(|(_, v)| v)
+        }
+        _ => None,
+    };
+    let consent = match consent_raw {
+        Some(raw) => Some(
+            crate::consent::parse_consent(raw, &cx.consent.mapping)
+                .map_err(|e| EventError::InvalidConsent(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let consent_drop = cx.consent.evaluate(consent.as_ref()) == ConsentDecision::Drop;
 
     // ---- write the normalised event ------------------------------------------------------
     let (message_id, generated) = match &client_message_id {
@@ -717,26 +742,30 @@ pub fn normalise(ev: &RawEvent<'_>, cx: &RequestContext<'_>) -> Result<Normalise
     for (name, value) in &ev.rest {
         write_field(&mut out, name, value.get());
     }
-    // context, with the client IP added unless the client set one.
+    // context: the client IP added unless the client set one; consent enriched; IP policy.
     out.extend_from_slice(b",\"context\":");
-    match (context, context_has_ip) {
-        (Some(c), true) => out.extend_from_slice(c.as_bytes()),
-        (Some(c), false) => {
-            let c = c.trim_end();
-            let inner = c[1..c.len() - 1].trim();
-            out.extend_from_slice(c[..c.len() - 1].trim_end().as_bytes());
-            if !inner.is_empty() {
-                out.push(b',');
+    if consent.is_none() && cx.consent.ip == IpPolicy::Keep {
+        match (context, context_has_ip) {
+            (Some(c), true) => out.extend_from_slice(c.as_bytes()),
+            (Some(c), false) => {
+                let c = c.trim_end();
+                let inner = c[1..c.len() - 1].trim();
+                out.extend_from_slice(c[..c.len() - 1].trim_end().as_bytes());
+                if !inner.is_empty() {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"\"ip\":");
+                write_json_str(&mut out, cx.client_ip);
+                out.push(b'}');
             }
-            out.extend_from_slice(b"\"ip\":");
-            write_json_str(&mut out, cx.client_ip);
-            out.push(b'}');
+            (None, _) => {
+                out.extend_from_slice(b"{\"ip\":");
+                write_json_str(&mut out, cx.client_ip);
+                out.push(b'}');
+            }
         }
-        (None, _) => {
-            out.extend_from_slice(b"{\"ip\":");
-            write_json_str(&mut out, cx.client_ip);
-            out.push(b'}');
-        }
+    } else {
+        write_context_rewritten(&mut out, context, consent.as_ref(), cx)?;
     }
     out.extend_from_slice(b",\"timestamp\":\"");
     match timestamp {
@@ -755,7 +784,66 @@ pub fn normalise(ev: &RawEvent<'_>, cx: &RequestContext<'_>) -> Result<Normalise
     out.extend_from_slice(b"\"}");
 
     let key = user_id.or(anonymous_id).map(Cow::into_owned);
-    Ok(Normalised { event_type, message_id, message_id_generated: generated, key, payload: out })
+    Ok(Normalised {
+        event_type,
+        message_id,
+        message_id_generated: generated,
+        key,
+        payload: out,
+        consent_header: consent.as_ref().map(|c| c.header_value()),
+        consent_drop,
+    })
+}
+
+/// Writes `context` member by member: `consent` replaced by its normalised form with derived
+/// `categories`, and `ip` (the client's, else the peer's) passed through the source's IP policy
+/// (left out when the policy removes it or it cannot be truncated).
+fn write_context_rewritten(
+    out: &mut Vec<u8>,
+    context: Option<&str>,
+    consent: Option<&Consent>,
+    cx: &RequestContext<'_>,
+) -> Result<(), EventError> {
+    let mut client_ip: Option<String> = None;
+    out.push(b'{');
+    let mut first = true;
+    let mut sep = |out: &mut Vec<u8>| {
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+    };
+    for (k, v) in context.map(object_members).into_iter().flatten() {
+        match k {
+            "ip" => {
+                if v != "null" {
+                    let ip = opt_str(serde_json::from_str::<&RawValue>(v).ok())
+                        .map_err(|_| EventError::InvalidField { field: "context.ip", expected: "must be a string" })?;
+                    client_ip = ip.map(Cow::into_owned);
+                }
+            }
+            "consent" if consent.is_some() => {}
+            _ => {
+                sep(out);
+                out.push(b'"');
+                out.extend_from_slice(k.as_bytes());
+                out.extend_from_slice(b"\":");
+                out.extend_from_slice(v.as_bytes());
+            }
+        }
+    }
+    if let Some(c) = consent {
+        sep(out);
+        out.extend_from_slice(b"\"consent\":");
+        out.extend_from_slice(c.consent_object_json().as_bytes());
+    }
+    let ip = client_ip.as_deref().unwrap_or(cx.client_ip);
+    if let Some(ip) = cx.consent.ip.apply(ip) {
+        sep(out);
+        out.extend_from_slice(b"\"ip\":");
+        write_json_str(out, &ip);
+    }
+    out.push(b'}');
+    Ok(())
 }
 
 fn ev_len_hint(ev: &RawEvent<'_>) -> usize {
@@ -873,6 +961,8 @@ mod tests {
         Limits { max_request_bytes: 500 * 1024, max_event_bytes: 32 * 1024, max_batch_events: 2500 }
     }
 
+    static DEFAULT_POLICY: std::sync::LazyLock<ConsentPolicy> = std::sync::LazyLock::new(ConsentPolicy::default);
+
     fn cx(path_type: Option<EventType>) -> RequestContext<'static> {
         RequestContext {
             path_type,
@@ -881,6 +971,7 @@ mod tests {
             batch_sent_at: None,
             client_ip: "203.0.113.9",
             source_id: "src-1",
+            consent: &DEFAULT_POLICY,
         }
     }
 

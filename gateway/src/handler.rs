@@ -1,5 +1,7 @@
 //! Handler: the only module that calls the stages in order —
-//! auth (head) → decode (body) → auth (body key) → normalise → publish → respond.
+//! auth (head) → access (origin, rate) → decode (body) → auth/access (body key) → normalise
+//! (with consent) → access (call type) → dedup → access (quota) → publish → dedup confirm →
+//! respond.
 //!
 //! Owns: the order of the stages and the shared [`AppState`]. Must not: contain stage logic;
 //! each rule lives in its stage, each status in `respond`.
@@ -9,18 +11,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response};
+use http::header::HeaderValue;
+use http::{HeaderMap, Request, Response, StatusCode};
 use ipnet::IpNet;
 
-use arc_swap::ArcSwap;
-
-use crate::auth::{self, AuthError, KeyTable};
+use crate::access::{self, Access, AccessError};
+use crate::auth::{self, AuthError, Credential, KeyTable};
 use crate::config::{Config, Source};
-use crate::decode::{self, Body as Payload, EventError, EventType, RequestContext};
+use crate::decode::{self, Body as Payload, EventType, RequestContext};
+use crate::dedup::{self, Dedup, Verdict};
 use crate::metrics::Metrics;
 use crate::publish::{OutEvent, PublishError, Publisher};
-use crate::respond::{self, Body, Error, EventFailure, Outcome};
+use crate::quota::EventCounts;
+use crate::ratelimit::{self, Decision};
+use crate::respond::{self, Body, Error, Outcome};
 use crate::router::IngestRoute;
 use crate::timestamp::Timestamp;
 
@@ -34,6 +40,32 @@ pub struct AppState {
     /// Set when shutdown starts: `/ready` answers 503 from then on.
     pub draining: AtomicBool,
     request_ids: AtomicU64,
+    /// Per-key state (rate-limit buckets, usage counts): survives reloads.
+    pub access: Access,
+    /// messageIds seen: survives reloads.
+    pub dedup: Arc<Dedup>,
+    pub clocks: Clocks,
+}
+
+/// The clocks the gateway reads, injectable so tests control time instead of sleeping.
+#[derive(Clone)]
+pub struct Clocks {
+    /// Monotonic, for rate limits.
+    pub rate: Arc<dyn ratelimit::Clock>,
+    /// Monotonic + wall, for dedup expiry and snapshots.
+    pub dedup: Arc<dyn dedup::Clock>,
+    /// Wall time: `receivedAt`, usage days and months.
+    pub wall: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+}
+
+impl Default for Clocks {
+    fn default() -> Self {
+        Clocks {
+            rate: Arc::new(ratelimit::MonotonicClock::new()),
+            dedup: Arc::new(dedup::SystemClock::new()),
+            wall: Arc::new(Timestamp::now),
+        }
+    }
 }
 
 /// The config and what is compiled from it.
@@ -52,6 +84,18 @@ impl Runtime {
 
 impl AppState {
     pub fn new(config: Config, publisher: Arc<dyn Publisher>, metrics: Metrics) -> Result<AppState, String> {
+        Self::with_clocks(config, publisher, metrics, Clocks::default())
+    }
+
+    /// Builds the state, loading persisted usage counts and the dedup snapshot.
+    pub fn with_clocks(
+        config: Config,
+        publisher: Arc<dyn Publisher>,
+        metrics: Metrics,
+        clocks: Clocks,
+    ) -> Result<AppState, String> {
+        let access = Access::new(&config, clocks.rate.clone())?;
+        let dedup = Arc::new(load_dedup(&config, clocks.dedup.clone())?);
         let runtime = Runtime::build(config)?;
         Ok(AppState {
             runtime: ArcSwap::from_pointee(runtime),
@@ -59,6 +103,9 @@ impl AppState {
             metrics,
             draining: AtomicBool::new(false),
             request_ids: AtomicU64::new(1),
+            access,
+            dedup,
+            clocks,
         })
     }
 
@@ -73,8 +120,8 @@ impl AppState {
     }
 
     /// Replaces the runtime config after building the new one completely; on error nothing
-    /// changes. Settings that only apply at startup (listen address, connection cap, sink) are
-    /// kept as they were, with a warning.
+    /// changes. Settings that only apply at startup (listen address, connection cap, sink,
+    /// dedup capacity, usage directory) are kept as they were, with a warning.
     pub fn reload(&self, new: Config) -> Result<(), String> {
         let result = self.try_reload(new);
         let label = if result.is_ok() { "ok" } else { "error" };
@@ -102,13 +149,41 @@ impl AppState {
     }
 }
 
+/// The dedup cache, from its snapshot when there is one. A corrupt snapshot is set aside (and
+/// logged): losing dedup history must not stop ingestion.
+fn load_dedup(config: &Config, clock: Arc<dyn dedup::Clock>) -> Result<Dedup, String> {
+    let cfg = &config.dedup.cache;
+    let Some(path) = &config.dedup.snapshot_path else {
+        return Dedup::with_clock(cfg, clock).map_err(|e| e.to_string());
+    };
+    match Dedup::load(path, cfg, clock.clone()) {
+        Ok((d, report)) => {
+            tracing::info!(?report, "dedup snapshot loaded");
+            Ok(d)
+        }
+        Err(e) => {
+            let aside = path.with_extension("corrupt");
+            tracing::error!(code = e.code(), error = %e, aside = %aside.display(), "dedup snapshot unusable; starting empty");
+            let _ = std::fs::rename(path, &aside);
+            Dedup::with_clock(cfg, clock).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// What the response needs beyond the outcome: the rate-limit standing of the key.
+#[derive(Default)]
+struct Meta {
+    rate: Option<Decision>,
+}
+
 /// An ingest request: one call or a batch.
 pub async fn ingest<B>(state: &AppState, route: IngestRoute, req: Request<B>, peer: SocketAddr) -> Response<Body>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    match ingest_inner(state, route, req, peer).await {
+    let mut meta = Meta::default();
+    let mut response = match ingest_inner(state, route, req, peer, &mut meta).await {
         Ok(r) => r,
         Err(e) => {
             if e.status().is_server_error() {
@@ -118,7 +193,46 @@ where
             }
             respond::error(&e)
         }
+    };
+    if let Some(rate) = &meta.rate {
+        add_rate_headers(response.headers_mut(), rate);
     }
+    response
+}
+
+/// The key's standing in every window (`X-RateLimit-*`), and `Retry-After` when refused.
+fn add_rate_headers(headers: &mut HeaderMap, rate: &Decision) {
+    rate.for_each_header(|name, value| {
+        headers.insert(name, HeaderValue::from(value));
+    });
+}
+
+/// Origin and request-rate checks of a resolved key; the decision is kept for the headers.
+fn admit(
+    state: &AppState,
+    rt: &Runtime,
+    cred: &Credential,
+    origin: Option<&str>,
+    ip: IpAddr,
+    meta: &mut Meta,
+) -> Result<(), Error> {
+    let key = cred.key().ok_or(AuthError::Invalid)?;
+    access::check_origin(key, origin)?;
+    let decision = state.access.check_rate(key, ip, rt.config.per_ip_limit.as_ref());
+    let result = decision.result();
+    if let (Err(_), Some(w)) = (&result, decision.limited_by) {
+        state.metrics.rate_limited.with_label_values(&[&cred.source.id, w.as_str()]).inc();
+    }
+    meta.rate = Some(decision);
+    result.map_err(|e| Error::Access(AccessError::RateLimited(e)))
+}
+
+/// An event on its way through the per-event stages.
+struct Candidate {
+    index: usize,
+    event: OutEvent,
+    /// Position in the dedup reservation, when its messageId is deduplicated.
+    dedup_slot: Option<usize>,
 }
 
 async fn ingest_inner<B>(
@@ -126,6 +240,7 @@ async fn ingest_inner<B>(
     route: IngestRoute,
     req: Request<B>,
     peer: SocketAddr,
+    meta: &mut Meta,
 ) -> Result<Response<Body>, Error>
 where
     B: hyper::body::Body<Data = Bytes>,
@@ -134,30 +249,39 @@ where
     let (parts, body) = req.into_parts();
     let rt = state.runtime();
     let limits = &rt.config.limits;
+    let origin = parts.headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok());
+    let ip = client_ip(&parts.headers, peer, &rt.config.server.trusted_proxies);
 
-    // A key in the head is checked before a byte of the body is read.
-    let head_source = match auth::key_from_head(&parts)? {
+    // A key in the head is checked (and rate-limited) before a byte of the body is read.
+    let head_cred = match auth::key_from_head(&parts)? {
         Some(key) => Some(rt.keys.resolve(&key)?),
         None => None,
     };
+    if let Some(cred) = &head_cred {
+        admit(state, &rt, cred, origin, ip, meta)?;
+    }
     let encoding = decode::check_headers(&parts.headers, limits)?;
     let timeout = Duration::from_millis(rt.config.server.body_read_timeout_ms);
     let bytes = decode::read_body(body, encoding, limits, timeout).await?;
     state.metrics.request_body_bytes.with_label_values(&[route.name]).observe(bytes.len() as f64);
 
-    let received_at = Timestamp::now();
+    let received_at = (state.clocks.wall)();
     let payload = decode::parse_body(&bytes, route.batch, limits)?;
-    let source = match head_source {
-        Some(s) => s,
+    let cred = match head_cred {
+        Some(c) => c,
         None => {
             let key = payload.write_key().ok_or(AuthError::Missing)?;
-            rt.keys.resolve(&key)?
+            let cred = rt.keys.resolve(&key)?;
+            admit(state, &rt, &cred, origin, ip, meta)?;
+            cred
         }
     };
+    let source = cred.source.clone();
+    let key = cred.key().ok_or(AuthError::Invalid)?;
     tracing::Span::current().record("source_id", &*source.id);
 
     let received_at_text = received_at.format();
-    let client_ip = client_ip(&parts.headers, peer, &rt.config.server.trusted_proxies).to_string();
+    let client_ip = ip.to_string();
     let cx = RequestContext {
         path_type: route.path_type,
         received_at,
@@ -165,44 +289,46 @@ where
         batch_sent_at: decode::batch_sent_at(&payload),
         client_ip: &client_ip,
         source_id: &source.id,
+        consent: &source.consent,
     };
     // sendBeacon cannot read the answer; `?beacon=1` asks for a body-less 204.
     let no_content =
         parts.uri.query().and_then(|q| auth::query_param(q, "beacon")).is_some_and(|v| v == "1" || v == "true");
 
+    // ---- per event: decode checks, normalise (with consent), call type ------------------
     let mut outcome = Outcome::default();
-    let mut first_error: Option<EventError> = None;
-    let mut events = Vec::new();
-    let mut indices = Vec::new();
-    let mut reject = |outcome: &mut Outcome, index: usize, e: EventError| {
-        outcome.any_invalid = true;
-        outcome.errors.push(EventFailure { index, code: e.code(), message: e.to_string() });
-        if first_error.is_none() {
-            first_error = Some(e);
+    let mut candidates: Vec<Candidate> = Vec::new();
+    let consider = |outcome: &mut Outcome,
+                    candidates: &mut Vec<Candidate>,
+                    index: usize,
+                    result: Result<decode::Normalised, decode::EventError>| {
+        let n = match result {
+            Ok(n) => n,
+            Err(e) => return outcome.reject(index, respond::event_status(&e), e.code(), e.to_string()),
+        };
+        if !access::type_allowed(key, n.event_type) {
+            let msg = format!("this write key may not send {} calls", n.event_type);
+            return outcome.reject(index, StatusCode::FORBIDDEN, "event_type_not_allowed", msg);
         }
+        if n.consent_drop {
+            outcome.consent_dropped += 1;
+            state.metrics.consent_dropped.with_label_values(&[&source.id, n.event_type.as_str()]).inc();
+            return;
+        }
+        let dedup = !n.message_id_generated && source.dedup_ttl.is_some();
+        candidates.push(Candidate { index, event: out_event(&source, n), dedup_slot: dedup.then_some(0) });
     };
     match &payload {
         Payload::Single(ev) => {
             outcome.received = 1;
-            match decode::normalise(ev, &cx) {
-                Ok(n) => {
-                    events.push(out_event(&source, n));
-                    indices.push(0);
-                }
-                Err(e) => reject(&mut outcome, 0, e),
-            }
+            consider(&mut outcome, &mut candidates, 0, decode::normalise(ev, &cx));
         }
         Payload::Batch(b) => {
             outcome.received = b.events.len();
-            events.reserve(b.events.len());
+            candidates.reserve(b.events.len());
             for (i, item) in b.events.iter().enumerate() {
-                match decode::parse_event(item, limits).and_then(|ev| decode::normalise(ev, &cx)) {
-                    Ok(n) => {
-                        events.push(out_event(&source, n));
-                        indices.push(i);
-                    }
-                    Err(e) => reject(&mut outcome, i, e),
-                }
+                let result = decode::parse_event(item, limits).and_then(|ev| decode::normalise(ev, &cx));
+                consider(&mut outcome, &mut candidates, i, result);
             }
         }
     }
@@ -211,47 +337,117 @@ where
     // The sink's own size limit (e.g. the broker's message.max.bytes) is checked before
     // producing: such an event could never be delivered, so it is not retriable.
     if let Some(max) = state.publisher.max_event_bytes() {
-        let mut kept = Vec::with_capacity(events.len());
-        let mut kept_idx = Vec::with_capacity(indices.len());
-        for (ev, i) in events.into_iter().zip(indices) {
-            if ev.payload.len() > max {
-                outcome.add_publish_failure(i, PublishError::TooLarge { size: ev.payload.len(), limit: max });
+        candidates.retain(|c| {
+            if c.event.payload.len() > max {
+                outcome
+                    .add_publish_failure(c.index, PublishError::TooLarge { size: c.event.payload.len(), limit: max });
+                false
             } else {
-                kept.push(ev);
-                kept_idx.push(i);
+                true
             }
-        }
-        events = kept;
-        indices = kept_idx;
+        });
     }
 
+    // ---- dedup: reserve client messageIds; duplicates are answered 200, not published -------
+    let ttl = source.dedup_ttl.unwrap_or_default();
+    let mut reservations = {
+        for (slot, c) in candidates.iter_mut().filter(|c| c.dedup_slot.is_some()).enumerate() {
+            c.dedup_slot = Some(slot);
+        }
+        let ids = candidates.iter().filter(|c| c.dedup_slot.is_some()).map(|c| c.event.message_id.as_str());
+        state.dedup.reserve(&source.id, ids, ttl).await
+    };
+    candidates.retain(|c| match c.dedup_slot.and_then(|s| reservations.verdict(s)) {
+        Some(Verdict::Duplicate) => {
+            outcome.duplicates += 1;
+            state.metrics.duplicates.with_label_values(&[&source.id, c.event.event_type.as_str()]).inc();
+            false
+        }
+        Some(Verdict::InFlight) => {
+            let msg = "a request with the same messageId is still being published; retry".to_string();
+            outcome.reject(c.index, StatusCode::SERVICE_UNAVAILABLE, "dedup_in_flight", msg);
+            outcome.retry = true;
+            false
+        }
+        _ => true,
+    });
+
+    // ---- monthly quota: the events that fit are published, the rest get 402 ----------------
+    let now = received_at.to_offset_date_time();
+    let quota = state.access.quotas.try_consume(&source.id, candidates.len() as u64, source.monthly_event_quota, now);
+    let granted = quota.granted() as usize;
+    if granted < candidates.len() {
+        for c in candidates.drain(granted..) {
+            if let Some(s) = c.dedup_slot {
+                reservations.release(s);
+            }
+            let msg = AccessError::QuotaExceeded.to_string();
+            outcome.reject(c.index, StatusCode::PAYMENT_REQUIRED, "quota_exceeded", msg);
+        }
+    }
+
+    // ---- publish -------------------------------------------------------------------------
     let mut accepted_by_type = [0u64; EventType::COUNT];
-    if !events.is_empty() {
-        let types: Vec<EventType> = events.iter().map(|e| e.event_type).collect();
+    if !candidates.is_empty() {
+        let mut meta_of = Vec::with_capacity(candidates.len());
+        let mut events = Vec::with_capacity(candidates.len());
+        for c in candidates {
+            meta_of.push((c.index, c.dedup_slot, c.event.event_type));
+            events.push(c.event);
+        }
+        reservations.begin_publish();
         let started = Instant::now();
         let results = state.publisher.publish(events).await;
-        state.metrics.publish_duration.with_label_values(&["sink"]).observe(started.elapsed().as_secs_f64());
-        for ((result, i), t) in results.into_iter().zip(indices).zip(types) {
+        state
+            .metrics
+            .publish_duration
+            .with_label_values(&[sink_label(&rt.config)])
+            .observe(started.elapsed().as_secs_f64());
+        for (result, (index, slot, t)) in results.into_iter().zip(meta_of) {
             match result {
                 Ok(()) => {
                     outcome.accepted += 1;
                     accepted_by_type[t.index()] += 1;
+                    if let Some(s) = slot {
+                        reservations.confirm(s);
+                    }
                 }
-                Err(e) => outcome.add_publish_failure(i, e),
+                Err(e) => {
+                    if let Some(s) = slot {
+                        // A timed-out delivery may still land: keep the id reserved (until the
+                        // reservation TTL) so a retry cannot publish it twice.
+                        if e == PublishError::Timeout {
+                            reservations.hold(s);
+                        } else {
+                            reservations.release(s);
+                        }
+                    }
+                    outcome.add_publish_failure(index, e);
+                }
             }
         }
         if let Some(e) = &outcome.publish_error {
             tracing::warn!(source_id = %source.id, code = respond::publish_code(e), error = %e, "publish failed");
         }
     }
+    drop(reservations);
+    let rejected = outcome.errors.len() as u64;
+    quota.settle(
+        EventCounts { accepted: outcome.accepted as u64, rejected, duplicates: outcome.duplicates as u64 },
+        now,
+    );
     record_events(state, &source, &outcome, &accepted_by_type);
     outcome.errors.sort_by_key(|f| f.index);
 
-    Ok(if route.batch {
-        respond::batch(&outcome, no_content)
-    } else {
-        respond::single(&outcome, first_error.as_ref(), no_content)
-    })
+    Ok(if route.batch { respond::batch(&outcome, no_content) } else { respond::single(&outcome, no_content) })
+}
+
+fn sink_label(config: &Config) -> &'static str {
+    match config.sink {
+        crate::config::SinkConfig::LocalLog { .. } => "local_log",
+        crate::config::SinkConfig::Kafka(_) => "kafka",
+        crate::config::SinkConfig::Memory => "memory",
+    }
 }
 
 fn out_event(source: &Arc<Source>, n: decode::Normalised) -> OutEvent {
@@ -262,6 +458,7 @@ fn out_event(source: &Arc<Source>, n: decode::Normalised) -> OutEvent {
         source_id: source.id.clone(),
         message_id: n.message_id,
         payload: n.payload,
+        consent_header: n.consent_header,
     }
 }
 
@@ -276,6 +473,37 @@ fn record_events(state: &AppState, source: &Source, outcome: &Outcome, accepted:
     for f in &outcome.errors {
         m.events_rejected.with_label_values(&[&source.id, f.code]).inc();
     }
+}
+
+/// `GET /v1/usage`: the source's counts, quota and rate-limit settings, for a secret key.
+pub async fn usage<B>(state: &AppState, req: Request<B>) -> Response<Body> {
+    let (parts, _body) = req.into_parts();
+    let rt = state.runtime();
+    let result = (|| -> Result<Response<Body>, Error> {
+        let key = auth::key_for_read(&parts)?.ok_or(AuthError::Missing)?;
+        let cred = rt.keys.resolve(&key)?;
+        let key = cred.key().ok_or(AuthError::Invalid)?;
+        access::check_secret(key)?;
+        let source = &cred.source;
+        let now = (state.clocks.wall)();
+        let usage = state.access.quotas.usage(&source.id, source.monthly_event_quota, now.to_offset_date_time());
+        let body = serde_json::json!({
+            "success": true,
+            "data": {
+                "usage": usage,
+                "rate_limits": {
+                    "key": key.label,
+                    "short": key.rate_limits.short,
+                    "medium": key.rate_limits.medium,
+                    "per_ip": rt.config.per_ip_limit,
+                },
+                "allowed_types": key.allowed_types.names(),
+            },
+            "timestamp": now.format(),
+        });
+        Ok(respond::json_response(StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default()))
+    })();
+    result.unwrap_or_else(|e| respond::error(&e))
 }
 
 /// analytics.js's telemetry (`/v1/m`): read (within the caps) and acknowledged, never

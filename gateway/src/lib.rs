@@ -6,6 +6,7 @@
 //! - [`router`]: (method, path) → handler, plus `/health`, `/ready`, `/metrics`.
 //! - [`handler`]: calls the stages in order; no stage logic of its own.
 //! - [`auth`]: write key → source.
+//! - [`access`]: what a key may do: origins, call types, rate limits, quotas, usage counts.
 //! - [`decode`]: body caps, gzip, typed parse, per-event checks, normalisation.
 //! - [`publish`]: the [`publish::Publisher`] trait and its sinks (local log, memory).
 //! - [`respond`]: the one mapping from errors/outcomes to status and JSON.
@@ -18,6 +19,7 @@
 //! Errors: each stage has its own `thiserror` enum; [`respond::Error`] joins them and is the
 //! only thing that knows HTTP statuses. Only `main` uses `anyhow`.
 
+pub mod access;
 pub mod auth;
 pub mod config;
 pub mod consent;
@@ -60,10 +62,66 @@ pub async fn run(
 }
 
 /// [`run`] with a state built by the caller (who may keep it, e.g. to reload the config).
+///
+/// Order at shutdown: stop accepting and drain (server) → flush the sink → stop the background
+/// tasks → persist usage counts and the dedup snapshot.
 pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    let flush_timeout = Duration::from_millis(state.runtime().config.server.shutdown_timeout_ms);
+    let rt = state.runtime();
+    let flush_timeout = Duration::from_millis(rt.config.server.shutdown_timeout_ms);
+    let background = tokio_util::sync::CancellationToken::new();
+    let sweeper = state
+        .dedup
+        .clone()
+        .spawn_sweeper(Duration::from_millis(rt.config.dedup.sweep_interval_ms), background.clone().cancelled_owned());
+    let housekeeping = tokio::spawn(housekeeping(state.clone(), background.clone()));
+    drop(rt);
+
     server::serve(listener, state.clone(), shutdown).await;
     if let Err(e) = state.publisher.flush(flush_timeout).await {
         tracing::error!(error = %e, "sink flush at shutdown failed");
+    }
+    background.cancel();
+    let _ = sweeper.await;
+    let _ = housekeeping.await;
+    let st = state.clone();
+    let persisted = tokio::task::spawn_blocking(move || {
+        if let Err(e) = st.access.persist_usage() {
+            tracing::error!(error = %e, "persisting usage counts at shutdown failed");
+        }
+        if let Some(path) = &st.runtime().config.dedup.snapshot_path {
+            match st.dedup.snapshot(path) {
+                Ok(report) => tracing::info!(?report, "dedup snapshot written"),
+                Err(e) => tracing::error!(code = e.code(), error = %e, "dedup snapshot failed"),
+            }
+        }
+    })
+    .await;
+    if persisted.is_err() {
+        tracing::error!("persisting state at shutdown panicked");
+    }
+}
+
+/// Periodic work off the request path: persist changed usage counts, sweep rate-limit state.
+async fn housekeeping(state: Arc<AppState>, stop: tokio_util::sync::CancellationToken) {
+    let persist_every = Duration::from_millis(state.runtime().config.usage_persist_interval_ms);
+    let mut persist = tokio::time::interval(persist_every);
+    let mut sweep = tokio::time::interval(Duration::from_secs(60));
+    persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = persist.tick() => {
+                let st = state.clone();
+                match tokio::task::spawn_blocking(move || st.access.persist_usage()).await {
+                    Ok(Err(e)) => tracing::warn!(error = %e, "persisting usage counts failed"),
+                    Err(_) => tracing::warn!("persisting usage counts panicked"),
+                    Ok(Ok(_)) => {}
+                }
+            }
+            _ = sweep.tick() => {
+                state.access.sweep();
+            }
+        }
     }
 }

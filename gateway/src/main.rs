@@ -11,6 +11,11 @@ use gateway::config::{Config, Overrides, SinkConfig};
 use gateway::publish::{kafka::KafkaPublisher, local_log::LocalLog, memory::MemoryPublisher, Publisher};
 use tokio_util::sync::CancellationToken;
 
+// glibc's malloc spent ≈30 % of the CPU under batch load (fragmentation of per-event buffers:
+// `malloc_consolidate`, `unlink_chunk`); mimalloc's thread-local free lists avoid that.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Segment-compatible tracking gateway.
 #[derive(Parser, Debug)]
 #[command(version, about)]

@@ -21,6 +21,10 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub open_connections: IntGauge,
     pub config_reloads: IntCounterVec,
+    pub duplicates: IntCounterVec,
+    pub consent_dropped: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub dedup_entries: IntGauge,
 }
 
 impl Metrics {
@@ -80,6 +84,26 @@ impl Metrics {
             &["result"],
         )
         .expect("constant metric definition");
+        let duplicates = IntCounterVec::new(
+            Opts::new(
+                "gateway_events_duplicated_total",
+                "Events answered 200 but not published: messageId seen before",
+            ),
+            &["source_id", "type"],
+        )
+        .expect("constant metric definition");
+        let consent_dropped = IntCounterVec::new(
+            Opts::new("gateway_events_consent_dropped_total", "Events answered 200 but not published: consent missing"),
+            &["source_id", "type"],
+        )
+        .expect("constant metric definition");
+        let rate_limited = IntCounterVec::new(
+            Opts::new("gateway_rate_limited_total", "Requests refused with 429, by source and window"),
+            &["source_id", "window"],
+        )
+        .expect("constant metric definition");
+        let dedup_entries = IntGauge::new("gateway_dedup_entries", "messageIds held by the dedup cache")
+            .expect("constant metric definition");
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -91,6 +115,10 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(open_connections.clone()),
             Box::new(config_reloads.clone()),
+            Box::new(duplicates.clone()),
+            Box::new(consent_dropped.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(dedup_entries.clone()),
         ] {
             if let Err(e) = registry.register(c) {
                 tracing::error!(error = %e, "metric registration failed");
@@ -108,6 +136,10 @@ impl Metrics {
             in_flight,
             open_connections,
             config_reloads,
+            duplicates,
+            consent_dropped,
+            rate_limited,
+            dedup_entries,
         }
     }
 

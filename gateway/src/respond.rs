@@ -13,6 +13,7 @@ use http::{HeaderMap, Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;
 
+use crate::access::AccessError;
 use crate::auth::AuthError;
 use crate::decode::{DecodeError, EventError};
 use crate::publish::PublishError;
@@ -30,6 +31,8 @@ pub enum Error {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Access(#[from] AccessError),
     #[error(transparent)]
     Publish(#[from] PublishError),
     #[error("no route for {0}")]
@@ -56,6 +59,11 @@ impl Error {
                 | DecodeError::InvalidBody(_) => StatusCode::BAD_REQUEST,
                 DecodeError::Event(e) => event_status(e),
             },
+            Error::Access(a) => match a {
+                AccessError::OriginNotAllowed(_) | AccessError::SecretKeyRequired => StatusCode::FORBIDDEN,
+                AccessError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+                AccessError::QuotaExceeded => StatusCode::PAYMENT_REQUIRED,
+            },
             Error::Publish(p) => publish_status(p),
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -76,6 +84,7 @@ impl Error {
                 DecodeError::InvalidBody(_) => "invalid_body",
                 DecodeError::Event(e) => e.code(),
             },
+            Error::Access(a) => a.code(),
             Error::Publish(p) => publish_code(p),
             Error::NotFound(_) => "not_found",
             Error::MethodNotAllowed { .. } => "method_not_allowed",
@@ -112,6 +121,14 @@ pub fn publish_code(p: &PublishError) -> &'static str {
 pub const ALL_CODES: &[&str] = &[
     "missing_write_key",
     "invalid_write_key",
+    "revoked_write_key",
+    "origin_not_allowed",
+    "secret_key_required",
+    "rate_limited",
+    "quota_exceeded",
+    "event_type_not_allowed",
+    "invalid_consent",
+    "dedup_in_flight",
     "unsupported_media_type",
     "unsupported_encoding",
     "payload_too_large",
@@ -152,25 +169,51 @@ pub struct EventFailure {
     pub index: usize,
     pub code: &'static str,
     pub message: String,
+    /// What this failure alone would answer (the status of a single call).
+    #[serde(skip)]
+    pub status: StatusCode,
 }
 
-/// What happened to the events of one request.
+/// What happened to the events of one request. `accepted` counts events published, answered
+/// as duplicates, or dropped by consent policy: the client did nothing wrong with any of them.
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub received: usize,
     pub accepted: usize,
+    /// Of `accepted`: already published (same messageId), not published again.
+    pub duplicates: usize,
+    /// Of `accepted`: not published because the source requires consent they lack.
+    pub consent_dropped: usize,
     pub errors: Vec<EventFailure>,
     /// The worst publish failure, if any event failed at the sink.
     pub publish_error: Option<PublishError>,
     /// Whether any event failed its own checks (as opposed to the sink failing).
     pub any_invalid: bool,
+    /// Whether a failure asks the client to retry (besides sink failures).
+    pub retry: bool,
 }
 
 impl Outcome {
+    /// Records an event refused by a check (bad input, not allowed, over quota…).
+    pub fn reject(&mut self, index: usize, status: StatusCode, code: &'static str, message: String) {
+        self.any_invalid |= !status.is_server_error();
+        self.errors.push(EventFailure { index, code, message, status });
+    }
+
+    /// Events answered success: published, duplicates, consent-dropped.
+    fn succeeded(&self) -> usize {
+        self.accepted + self.duplicates + self.consent_dropped
+    }
+
     /// Records a publish failure, keeping the one that matters most for the status: a
     /// retriable failure wins, so that SDKs retry the request.
     pub fn add_publish_failure(&mut self, index: usize, e: PublishError) {
-        self.errors.push(EventFailure { index, code: publish_code(&e), message: e.to_string() });
+        self.errors.push(EventFailure {
+            index,
+            code: publish_code(&e),
+            message: e.to_string(),
+            status: publish_status(&e),
+        });
         let replace = match &self.publish_error {
             None => true,
             Some(prev) => !prev.is_retriable() && e.is_retriable(),
@@ -191,6 +234,8 @@ struct BatchBody<'a> {
     received: usize,
     accepted: usize,
     rejected: usize,
+    duplicates: usize,
+    consent_dropped: usize,
     errors: &'a [EventFailure],
 }
 
@@ -231,27 +276,38 @@ pub fn ok(no_content: bool) -> Response<Body> {
 }
 
 /// The answer to a single call (one event).
-pub fn single(outcome: &Outcome, first_error: Option<&EventError>, no_content: bool) -> Response<Body> {
-    if let Some(e) = first_error {
-        return error_response(event_status(e), e.code(), &e.to_string());
+pub fn single(outcome: &Outcome, no_content: bool) -> Response<Body> {
+    match outcome.errors.first() {
+        Some(f) => error_response(f.status, f.code, &f.message),
+        None => ok(no_content),
     }
-    if let Some(p) = &outcome.publish_error {
-        return error_response(publish_status(p), publish_code(p), &p.to_string());
-    }
-    ok(no_content)
 }
 
 /// The answer to a batch: the summary, with a status that follows the worst outcome.
 pub fn batch(outcome: &Outcome, no_content: bool) -> Response<Body> {
-    let rejected = outcome.received - outcome.accepted;
+    let succeeded = outcome.succeeded();
+    let rejected = outcome.received - succeeded;
     let (status, code, message) = if let Some(p) = outcome.publish_error.as_ref().filter(|p| p.is_retriable()) {
         // Retriable sink failure: the client must resend (events already stored are resent
         // too; messageId dedup absorbs them).
         (StatusCode::SERVICE_UNAVAILABLE, Some(publish_code(p)), Some(p.to_string()))
-    } else if outcome.accepted == 0 {
-        match &outcome.publish_error {
-            Some(p) if !outcome.any_invalid => (publish_status(p), Some(publish_code(p)), Some(p.to_string())),
-            _ => (
+    } else if outcome.retry {
+        let first = outcome.errors.iter().find(|f| f.status == StatusCode::SERVICE_UNAVAILABLE);
+        (StatusCode::SERVICE_UNAVAILABLE, first.map(|f| f.code), first.map(|f| f.message.clone()))
+    } else if succeeded == 0 {
+        // Nothing accepted: the status (and code) every failure shares, else 400.
+        let first = outcome.errors.first();
+        let shared = first.filter(|f| outcome.errors.iter().all(|e| e.status == f.status));
+        match shared {
+            Some(f) if outcome.errors.iter().all(|e| e.code == f.code) => {
+                (f.status, Some(f.code), Some(format!("all {} events were rejected: {}", outcome.received, f.message)))
+            }
+            Some(f) => (
+                f.status,
+                Some("all_events_rejected"),
+                Some(format!("all {} events were rejected; see errors", outcome.received)),
+            ),
+            None => (
                 StatusCode::BAD_REQUEST,
                 Some("all_events_rejected"),
                 Some(format!("all {} events were rejected; see errors", outcome.received)),
@@ -267,8 +323,10 @@ pub fn batch(outcome: &Outcome, no_content: bool) -> Response<Body> {
         code,
         message,
         received: outcome.received,
-        accepted: outcome.accepted,
+        accepted: succeeded,
         rejected,
+        duplicates: outcome.duplicates,
+        consent_dropped: outcome.consent_dropped,
         errors: &outcome.errors,
     };
     json_response(status, serde_json::to_vec(&body).unwrap_or_default())
@@ -280,10 +338,15 @@ pub fn add_cors(headers: &mut HeaderMap, origin: Option<&HeaderValue>) {
     if let Some(o) = origin {
         headers.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
         headers.insert(http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
-        headers.insert(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Retry-After"));
+        headers.insert(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSE_HEADERS));
     }
     headers.append(http::header::VARY, HeaderValue::from_static("Origin"));
 }
+
+/// Response headers a browser script may read: rate-limit standing, `Retry-After`, request id.
+pub const EXPOSE_HEADERS: &str = "Retry-After, X-Request-Id, X-RateLimit-Limit, X-RateLimit-Remaining, \
+X-RateLimit-Reset, X-RateLimit-Limit-short, X-RateLimit-Remaining-short, X-RateLimit-Reset-short, \
+X-RateLimit-Limit-medium, X-RateLimit-Remaining-medium, X-RateLimit-Reset-medium";
 
 /// Headers a browser may send on ingest calls: ours plus common tracing headers (a preflight
 /// that refuses `baggage` or `sentry-trace` silently loses a page's events).
@@ -330,6 +393,7 @@ mod tests {
     #[test]
     fn retriable_publish_failure_wins() {
         let mut o = Outcome { received: 3, accepted: 1, ..Default::default() };
+        assert_eq!(batch(&o, false).status(), StatusCode::OK);
         o.add_publish_failure(1, PublishError::Fatal("auth".into()));
         o.add_publish_failure(2, PublishError::Timeout);
         let r = batch(&o, false);

@@ -37,6 +37,8 @@ pub enum Route {
     Health,
     Ready,
     Metrics,
+    /// `GET /v1/usage`: counts and limits of the caller's source (secret keys only).
+    Usage,
 }
 
 impl Route {
@@ -47,6 +49,7 @@ impl Route {
             Route::Health => "health",
             Route::Ready => "ready",
             Route::Metrics => "metrics",
+            Route::Usage => "usage",
         }
     }
 }
@@ -75,6 +78,7 @@ pub fn lookup(path: &str) -> Option<Route> {
         "/health" => Route::Health,
         "/ready" => Route::Ready,
         "/metrics" => Route::Metrics,
+        "/v1/usage" => Route::Usage,
         _ => return None,
     })
 }
@@ -120,7 +124,16 @@ where
     let mut response = match (route, &method) {
         (None, _) => respond::error(&Error::NotFound(truncate_path(req.uri().path()))),
         (Some(Route::Ingest(_) | Route::Telemetry), &Method::OPTIONS) => {
-            respond::preflight(origin.as_ref(), state.runtime().config.server.cors_max_age_s)
+            let rt = state.runtime();
+            match origin.as_ref().and_then(|o| o.to_str().ok()) {
+                // No key of the config accepts this origin: the browser gets no grant.
+                Some(o) if !crate::access::preflight_allows(&rt.config, o) => respond::error_response(
+                    StatusCode::FORBIDDEN,
+                    "origin_not_allowed",
+                    "no write key of this gateway accepts this origin",
+                ),
+                _ => respond::preflight(origin.as_ref(), rt.config.server.cors_max_age_s),
+            }
         }
         (Some(Route::Ingest(r)), &Method::POST) => {
             state.metrics.in_flight.inc();
@@ -132,13 +145,14 @@ where
         (Some(Route::Health), &Method::GET | &Method::HEAD) => health(),
         (Some(Route::Ready), &Method::GET | &Method::HEAD) => ready(state),
         (Some(Route::Metrics), &Method::GET) => metrics(state),
+        (Some(Route::Usage), &Method::GET) => handler::usage(state, req).await,
         (Some(r), _) => respond::error(&Error::MethodNotAllowed {
             method: method.to_string(),
             path: truncate_path(req.uri().path()),
             allowed: match r {
                 Route::Ingest(_) | Route::Telemetry => "POST, OPTIONS",
                 Route::Health | Route::Ready => "GET, HEAD",
-                Route::Metrics => "GET",
+                Route::Metrics | Route::Usage => "GET",
             },
         }),
     };
@@ -171,6 +185,8 @@ fn ready(state: &AppState) -> Response<Body> {
 }
 
 fn metrics(state: &AppState) -> Response<Body> {
+    // Gauges of long-lived state are read at scrape time.
+    state.metrics.dedup_entries.set(state.dedup.len() as i64);
     let mut r = Response::new(Full::new(Bytes::from(state.metrics.encode())));
     r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     r

@@ -30,6 +30,11 @@ impl Timestamp {
         Timestamp(nanos)
     }
 
+    /// The same instant as a `time` value (for calendar arithmetic: days, months).
+    pub fn to_offset_date_time(self) -> time::OffsetDateTime {
+        time::OffsetDateTime::from_unix_timestamp_nanos(self.0).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    }
+
     /// `Some` when the instant is within years 0001–9999 (what we can format).
     pub fn checked(self) -> Option<Timestamp> {
         (MIN..=MAX).contains(&self.0).then_some(self)

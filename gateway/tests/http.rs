@@ -52,7 +52,11 @@ async fn batch_paths_and_reference_api_paths() {
     for path in ["/v1/batch", "/v1/b", "/v1/import", "/api/v1/events/batch"] {
         let r = s.post_json(path, batch).await;
         assert_eq!(r.status, 200, "{path}");
-        assert_eq!(r.json(), json!({"success":true,"received":2,"accepted":2,"rejected":0,"errors":[]}), "{path}");
+        assert_eq!(
+            r.json(),
+            json!({"success":true,"received":2,"accepted":2,"rejected":0,"duplicates":0,"consent_dropped":0,"errors":[]}),
+            "{path}"
+        );
     }
     let r = s.post_json("/api/v1/events", r#"{"type":"screen","userId":"u","name":"Settings"}"#).await;
     assert_eq!(r.status, 200);

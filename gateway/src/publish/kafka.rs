@@ -65,6 +65,8 @@ const MIN_RESET_GAP: Duration = Duration::from_secs(1);
 pub const HEADER_EVENT_TYPE: &str = "event-type";
 pub const HEADER_SOURCE_ID: &str = "source-id";
 pub const HEADER_MESSAGE_ID: &str = "message-id";
+/// Derived consent categories (`analytics=1;advertising=0`), when the event carried consent.
+pub const HEADER_CONSENT: &str = "consent-categories";
 pub const HEADER_CONTENT_TYPE: &str = "content-type";
 
 /// Why the Kafka sink could not start.
@@ -518,11 +520,14 @@ impl KafkaPublisher {
 
     /// Enqueues one record (never blocks: librdkafka answers `QueueFull` instead).
     fn enqueue(&self, producer: &SinkProducer, ev: &OutEvent, ticket: Box<Ticket>) -> Result<(), PublishError> {
-        let headers = OwnedHeaders::new_with_capacity(4)
+        let mut headers = OwnedHeaders::new_with_capacity(5)
             .insert(Header { key: HEADER_EVENT_TYPE, value: Some(ev.event_type.as_str()) })
             .insert(Header { key: HEADER_SOURCE_ID, value: Some(&*ev.source_id) })
             .insert(Header { key: HEADER_MESSAGE_ID, value: Some(ev.message_id.as_str()) })
             .insert(Header { key: HEADER_CONTENT_TYPE, value: Some("application/json") });
+        if let Some(c) = &ev.consent_header {
+            headers = headers.insert(Header { key: HEADER_CONSENT, value: Some(c.as_str()) });
+        }
         let key = match self.record_key {
             RecordKey::UserOrAnonymousId => ev.key.as_deref(),
             RecordKey::MessageId => Some(ev.message_id.as_str()),
@@ -912,6 +917,7 @@ mod tests {
             source_id: "s".into(),
             message_id: "m".into(),
             payload: b"{}".to_vec(),
+            consent_header: None,
         };
         let started = Instant::now();
         let r = k.publish(vec![ev.clone(), ev]).await;

@@ -332,6 +332,7 @@ mod tests {
             source_id: "s".into(),
             message_id: "m".into(),
             payload: payload.as_bytes().to_vec(),
+            consent_header: None,
         }
     }
 

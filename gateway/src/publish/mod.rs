@@ -32,6 +32,8 @@ pub struct OutEvent {
     pub message_id: String,
     /// The normalised event, JSON.
     pub payload: Vec<u8>,
+    /// Derived consent categories (`analytics=1;advertising=0`), sent as a record header.
+    pub consent_header: Option<String>,
 }
 
 /// Why an event was not published.

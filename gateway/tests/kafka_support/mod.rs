@@ -44,6 +44,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     pub config: Config,
     stop: CancellationToken,
+    /// Usage counts and the dedup snapshot go here, not into the working directory.
+    _state_dir: tempfile::TempDir,
 }
 
 impl Gateway {
@@ -56,13 +58,16 @@ impl Gateway {
     }
 
     /// Boots the gateway with any publisher (e.g. the memory one, for comparisons).
-    pub async fn start(config: Config, publisher: Arc<dyn Publisher>) -> Gateway {
+    pub async fn start(mut config: Config, publisher: Arc<dyn Publisher>) -> Gateway {
+        let state_dir = tempfile::tempdir().unwrap();
+        config.usage_dir = state_dir.path().to_path_buf();
+        config.dedup.snapshot_path = Some(state_dir.path().join("dedup.snapshot"));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let metrics = gateway::metrics::Metrics::new();
         tokio::spawn(gateway::run(config.clone(), listener, publisher, metrics, stop.clone().cancelled_owned()));
-        Gateway { addr, config, stop }
+        Gateway { addr, config, stop, _state_dir: state_dir }
     }
 
     pub async fn get(&self, path: &str) -> Resp {

@@ -51,6 +51,8 @@ pub struct TestServer {
     pub state: Arc<gateway::AppState>,
     pub memory: Option<Arc<MemoryPublisher>>,
     pub data_dir: Option<PathBuf>,
+    /// Usage counts and the dedup snapshot (unless a test points them elsewhere).
+    pub state_dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -77,25 +79,51 @@ impl TestServer {
     }
 
     pub async fn start(toml: &str, publisher: Arc<dyn Publisher>) -> TestServer {
-        let config = Config::from_toml("test.toml", toml, &Overrides::default()).unwrap();
-        let state = Arc::new(gateway::AppState::new(config, publisher, gateway::metrics::Metrics::new()).unwrap());
+        let state_dir = tempfile::tempdir().unwrap();
+        Self::start_in(toml, publisher, state_dir, gateway::handler::Clocks::default()).await
+    }
+
+    /// Starts with usage counts and the dedup snapshot in `state_dir`, and the given clocks.
+    pub async fn start_in(
+        toml: &str,
+        publisher: Arc<dyn Publisher>,
+        state_dir: tempfile::TempDir,
+        clocks: gateway::handler::Clocks,
+    ) -> TestServer {
+        let mut config = Config::from_toml("test.toml", toml, &Overrides::default()).unwrap();
+        if !toml.contains("[usage]") {
+            config.usage_dir = state_dir.path().to_path_buf();
+        }
+        if !toml.contains("snapshot_path") {
+            config.dedup.snapshot_path = Some(state_dir.path().join("dedup.snapshot"));
+        }
+        let state = Arc::new(
+            gateway::AppState::with_clocks(config, publisher, gateway::metrics::Metrics::new(), clocks).unwrap(),
+        );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway::serve(state.clone(), listener, async {
             let _ = rx.await;
         }));
-        TestServer { addr, state, memory: None, data_dir: None, stop: Some(tx), task: Some(task) }
+        TestServer { addr, state, memory: None, data_dir: None, state_dir, stop: Some(tx), task: Some(task) }
     }
 
-    /// Stops the server and waits until it has drained and flushed.
-    pub async fn stop(mut self) {
+    /// Stops the server and waits until it has drained, flushed and persisted its state.
+    pub async fn stop(self) {
+        self.stop_keeping_state().await;
+    }
+
+    /// [`TestServer::stop`], handing back the state directory (usage counts, dedup snapshot)
+    /// for a restart.
+    pub async fn stop_keeping_state(mut self) -> tempfile::TempDir {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
         if let Some(t) = self.task.take() {
             tokio::time::timeout(Duration::from_secs(10), t).await.unwrap().unwrap();
         }
+        std::mem::replace(&mut self.state_dir, tempfile::tempdir().unwrap())
     }
 
     /// Signals shutdown without waiting.

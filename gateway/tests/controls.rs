@@ -1,0 +1,486 @@
+//! Per-key controls (key kinds, call types, origins, revocation, rate limits, quotas, usage),
+//! consent at the edge, and messageId dedup — through HTTP against the real server.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod util;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway::handler::Clocks;
+use gateway::publish::memory::MemoryPublisher;
+use gateway::publish::PublishError;
+use gateway::ratelimit::{ManualClock, Nanos};
+use serde_json::{json, Value};
+use util::*;
+
+const PUBLISHABLE: &str = "pk-browser";
+const SECRET: &str = "sk-server";
+
+fn controls_config(source_extra: &str, extra: &str) -> String {
+    format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        [sink]
+        kind = "memory"
+        {extra}
+        [[sources]]
+        id = "shop"
+        allowed_origins = ["https://shop.example.com"]
+        {source_extra}
+        [[sources.keys]]
+        key = "{PUBLISHABLE}"
+        label = "browser"
+        allowed_types = ["track", "page", "identify"]
+        [[sources.keys]]
+        key = "{SECRET}"
+        label = "backend"
+        kind = "secret"
+        "#
+    )
+}
+
+async fn server(toml: &str) -> (TestServer, Arc<MemoryPublisher>) {
+    let mem = Arc::new(MemoryPublisher::new());
+    let s = TestServer::start(toml, mem.clone()).await;
+    (s, mem)
+}
+
+async fn post(s: &TestServer, key: &str, path: &str, body: &str, extra: &[(&str, &str)]) -> Resp {
+    let mut headers = vec![("Content-Type", "application/json"), ("X-Write-Key", key)];
+    headers.extend_from_slice(extra);
+    s.post(path, &headers, body.as_bytes()).await
+}
+
+fn payloads(mem: &MemoryPublisher) -> Vec<Value> {
+    mem.events().iter().map(|e| serde_json::from_slice(&e.payload).unwrap()).collect()
+}
+
+const TRACK: &str = r#"{"userId":"u","event":"Order Completed"}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_kinds_and_what_they_may_do() {
+    let (s, mem) = server(&controls_config("", "")).await;
+    // Both kinds ingest.
+    assert_eq!(post(&s, PUBLISHABLE, "/v1/track", TRACK, &[]).await.status, 200);
+    assert_eq!(post(&s, SECRET, "/v1/track", TRACK, &[]).await.status, 200);
+    // Only the secret key reads usage (Bearer or Basic).
+    let r = request(s.addr, "GET", "/v1/usage", &[("Authorization", &format!("Bearer {PUBLISHABLE}"))], b"").await;
+    r.assert_error(403, "secret_key_required");
+    let r = request(s.addr, "GET", "/v1/usage", &[("Authorization", &format!("Bearer {SECRET}"))], b"").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = request(s.addr, "GET", "/v1/usage", &[("Authorization", &basic(SECRET))], b"").await;
+    assert_eq!(r.status, 200);
+    request(s.addr, "GET", "/v1/usage", &[], b"").await.assert_error(401, "missing_write_key");
+    assert_eq!(mem.events().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_types_outside_the_key_are_403_single_and_per_event() {
+    let (s, mem) = server(&controls_config("", "")).await;
+    post(&s, PUBLISHABLE, "/v1/group", r#"{"userId":"u","groupId":"g"}"#, &[])
+        .await
+        .assert_error(403, "event_type_not_allowed");
+    // The secret key inherits all six types from the source.
+    assert_eq!(post(&s, SECRET, "/v1/group", r#"{"userId":"u","groupId":"g"}"#, &[]).await.status, 200);
+    let batch = r#"{"batch":[
+        {"type":"track","userId":"u","event":"ok"},
+        {"type":"alias","userId":"u","previousId":"p"},
+        {"type":"page","userId":"u"}
+    ]}"#;
+    let r = post(&s, PUBLISHABLE, "/v1/batch", batch, &[]).await;
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    assert_eq!((j["accepted"].as_u64(), j["rejected"].as_u64()), (Some(2), Some(1)), "{j}");
+    assert_eq!(
+        j["errors"],
+        json!([{"index":1,"code":"event_type_not_allowed","message":"this write key may not send alias calls"}])
+    );
+    // All refused for the same reason: that reason's status.
+    let r =
+        post(&s, PUBLISHABLE, "/v1/batch", r#"{"batch":[{"type":"alias","userId":"u","previousId":"p"}]}"#, &[]).await;
+    assert_eq!((r.status, r.json()["code"].as_str()), (403, Some("event_type_not_allowed")));
+    let types: Vec<Value> = payloads(&mem).iter().map(|e| e["type"].clone()).collect();
+    assert_eq!(types, vec![json!("group"), json!("track"), json!("page")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_allow_list_and_preflight() {
+    let (s, mem) = server(&controls_config("", "")).await;
+    let good = ("Origin", "https://shop.example.com");
+    let evil = ("Origin", "https://evil.example.net");
+    let r = post(&s, PUBLISHABLE, "/v1/track", TRACK, &[good]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://shop.example.com"));
+    post(&s, PUBLISHABLE, "/v1/track", TRACK, &[evil]).await.assert_error(403, "origin_not_allowed");
+    // Servers send no Origin: allowed.
+    assert_eq!(post(&s, PUBLISHABLE, "/v1/track", TRACK, &[]).await.status, 200);
+    // The preflight grants the listed origin and not the other.
+    let pre = |origin: &'static str| {
+        let addr = s.addr;
+        async move {
+            request(addr, "OPTIONS", "/v1/t", &[("Origin", origin), ("Access-Control-Request-Method", "POST")], b"")
+                .await
+        }
+    };
+    let r = pre("https://shop.example.com").await;
+    assert_eq!((r.status, r.header("access-control-allow-origin")), (204, Some("https://shop.example.com")));
+    let r = pre("https://evil.example.net").await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    assert_eq!(mem.events().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_key_after_a_reload_and_broken_reload_refused() {
+    let text = controls_config("", "");
+    let (s, _mem) = server(&text).await;
+    assert_eq!(post(&s, PUBLISHABLE, "/v1/track", TRACK, &[]).await.status, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.toml");
+    std::fs::write(&path, text.replace(r#"label = "browser""#, "label = \"browser\"\n        revoked = true")).unwrap();
+    gateway::reload::reload_from(&s.state, Some(&path), &Default::default()).unwrap();
+    post(&s, PUBLISHABLE, "/v1/track", TRACK, &[]).await.assert_error(401, "revoked_write_key");
+    assert_eq!(post(&s, SECRET, "/v1/track", TRACK, &[]).await.status, 200);
+    std::fs::write(&path, "[[sources]]\nid = \"x\"\nkeys = [{ key = \"k\", kind = \"root\" }]\n").unwrap();
+    assert!(gateway::reload::reload_from(&s.state, Some(&path), &Default::default()).is_err());
+    post(&s, PUBLISHABLE, "/v1/track", TRACK, &[]).await.assert_error(401, "revoked_write_key");
+    assert_eq!(post(&s, SECRET, "/v1/track", TRACK, &[]).await.status, 200);
+}
+
+fn rate(r: &Resp) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k.starts_with("x-ratelimit") || k == "retry-after")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn hv(pairs: &[(&str, u64)]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = pairs.iter().map(|(k, n)| (k.to_string(), n.to_string())).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_windows_with_exact_headers_and_retry_after() {
+    let toml = controls_config(
+        "rate_limits = { short = { limit = 3, period_s = 60 }, medium = { limit = 5, period_s = 3600 } }",
+        "",
+    );
+    let clock = Arc::new(ManualClock::new(Nanos::from_secs(1_000_000)));
+    let clocks = Clocks { rate: clock.clone(), ..Clocks::default() };
+    let mem = Arc::new(MemoryPublisher::new());
+    let s = TestServer::start_in(&toml, mem.clone(), tempfile::tempdir().unwrap(), clocks).await;
+    let std = |short_rem: u64, short_reset: u64, med_rem: u64, med_reset: u64| {
+        let (lim, rem, reset) = if med_rem < short_rem { (5, med_rem, med_reset) } else { (3, short_rem, short_reset) };
+        vec![
+            ("x-ratelimit-limit", lim),
+            ("x-ratelimit-remaining", rem),
+            ("x-ratelimit-reset", reset),
+            ("x-ratelimit-limit-short", 3),
+            ("x-ratelimit-remaining-short", short_rem),
+            ("x-ratelimit-reset-short", short_reset),
+            ("x-ratelimit-limit-medium", 5),
+            ("x-ratelimit-remaining-medium", med_rem),
+            ("x-ratelimit-reset-medium", med_reset),
+        ]
+    };
+    // Three at once: the short window (one request per 20 s, burst 3) empties.
+    let r = post(&s, SECRET, "/v1/track", TRACK, &[]).await;
+    assert_eq!(rate(&r), hv(&std(2, 20, 4, 720)));
+    post(&s, SECRET, "/v1/track", TRACK, &[]).await;
+    let r = post(&s, SECRET, "/v1/track", TRACK, &[]).await;
+    assert_eq!((r.status, rate(&r)), (200, hv(&std(0, 60, 2, 2160))));
+    let r = post(&s, SECRET, "/v1/track", TRACK, &[]).await;
+    r.assert_error(429, "rate_limited");
+    let mut expect = std(0, 60, 2, 2160);
+    expect.push(("retry-after", 20));
+    assert_eq!(rate(&r), hv(&expect));
+    // 20 s later one request fits again.
+    clock.advance(Duration::from_secs(20));
+    let r = post(&s, SECRET, "/v1/track", TRACK, &[]).await;
+    assert_eq!((r.status, rate(&r)), (200, hv(&std(0, 60, 1, 2860))));
+    // The medium window (one per 720 s, burst 5) is the next to run out.
+    clock.advance(Duration::from_secs(60));
+    let r = post(&s, SECRET, "/v1/track", TRACK, &[]).await;
+    assert_eq!((r.status, rate(&r)), (200, hv(&std(2, 20, 0, 3520))));
+    clock.advance(Duration::from_secs(60));
+    let r = post(&s, SECRET, "/v1/track", TRACK, &[]).await;
+    r.assert_error(429, "rate_limited");
+    assert_eq!(r.header("retry-after"), Some("580"));
+    // The refused request cost nothing: the short window still has its room.
+    assert_eq!(r.header("x-ratelimit-remaining-short"), Some("3"));
+    // Browsers may read the standing.
+    let exposed = r.header("access-control-expose-headers");
+    assert!(exposed.is_none() || exposed.unwrap().contains("X-RateLimit-Remaining-short"));
+    let r = post(&s, SECRET, "/v1/track", TRACK, &[("Origin", "https://shop.example.com")]).await;
+    assert!(r.header("access-control-expose-headers").unwrap().contains("X-RateLimit-Remaining-short"));
+    // A rejected request costs no broker work.
+    assert_eq!(mem.events().len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_ip_limit_spans_keys() {
+    let toml = controls_config("", "[rate_limits]\nper_ip = { limit = 2, period_s = 60 }");
+    let clock = Arc::new(ManualClock::new(Nanos::from_secs(1_000)));
+    let s = TestServer::start_in(
+        &toml,
+        Arc::new(MemoryPublisher::new()),
+        tempfile::tempdir().unwrap(),
+        Clocks { rate: clock.clone(), ..Clocks::default() },
+    )
+    .await;
+    assert_eq!(post(&s, PUBLISHABLE, "/v1/track", TRACK, &[]).await.status, 200);
+    assert_eq!(post(&s, SECRET, "/v1/track", TRACK, &[]).await.status, 200);
+    let r = post(&s, SECRET, "/v1/track", TRACK, &[]).await;
+    r.assert_error(429, "rate_limited");
+    assert_eq!(r.header("retry-after"), Some("30"));
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(post(&s, PUBLISHABLE, "/v1/track", TRACK, &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monthly_quota_402_usage_api_and_counts_after_restart() {
+    let toml = controls_config("monthly_event_quota = 3", "");
+    let mem = Arc::new(MemoryPublisher::new());
+    let s = TestServer::start_in(&toml, mem.clone(), tempfile::tempdir().unwrap(), Clocks::default()).await;
+    let two = r#"{"batch":[{"type":"track","userId":"u","event":"a"},{"type":"track","userId":"u","event":"b"}]}"#;
+    assert_eq!(post(&s, SECRET, "/v1/batch", two, &[]).await.json()["accepted"], 2);
+    let r = post(&s, SECRET, "/v1/batch", two, &[]).await;
+    let j = r.json();
+    assert_eq!((r.status, j["accepted"].as_u64(), j["rejected"].as_u64()), (200, Some(1), Some(1)), "{j}");
+    assert_eq!(j["errors"][0]["code"], "quota_exceeded");
+    assert_eq!(j["errors"][0]["index"], 1);
+    post(&s, SECRET, "/v1/track", TRACK, &[]).await.assert_error(402, "quota_exceeded");
+    post(&s, SECRET, "/v1/track", r#"{"event":"no id"}"#, &[]).await;
+    assert_eq!(mem.events().len(), 3);
+
+    let usage =
+        request(s.addr, "GET", "/v1/usage", &[("Authorization", &format!("Bearer {SECRET}"))], b"").await.json();
+    assert_eq!(usage["success"], true);
+    assert!(gateway::timestamp::Timestamp::parse(usage["timestamp"].as_str().unwrap()).is_some());
+    let u = &usage["data"]["usage"];
+    assert_eq!((u["today"]["accepted"].as_u64(), u["today"]["rejected"].as_u64()), (Some(3), Some(3)), "{usage}");
+    assert_eq!(u["month"]["accepted"], 3);
+    assert_eq!((u["quota"]["monthly_events"].as_u64(), u["quota"]["remaining"].as_u64()), (Some(3), Some(0)));
+    assert_eq!(usage["data"]["rate_limits"]["key"], "backend");
+
+    // The counts survive a restart: still over quota.
+    let state_dir = s.stop_keeping_state().await;
+    assert!(state_dir.path().join("usage.json").exists());
+    let s = TestServer::start_in(&toml, Arc::new(MemoryPublisher::new()), state_dir, Clocks::default()).await;
+    post(&s, SECRET, "/v1/track", TRACK, &[]).await.assert_error(402, "quota_exceeded");
+    let usage = request(s.addr, "GET", "/v1/usage", &[("X-Write-Key", SECRET)], b"").await.json();
+    assert_eq!(usage["data"]["usage"]["month"]["accepted"], 3, "{usage}");
+}
+
+// ---- consent --------------------------------------------------------------------------------
+
+fn tcf_fixture(name: &str) -> String {
+    let text = include_str!("fixtures/tcf/iabtcf-core.json");
+    let v: Value = serde_json::from_str(text).unwrap();
+    let case = v["cases"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap();
+    case["tcString"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_categories_are_published_and_headers_set() {
+    let (s, mem) = server(&controls_config("", "")).await;
+    let tcf = tcf_fixture("bitfield_dense_core_only"); // purposes 1,2,3,4,7,8,9,10
+    let body = format!(r#"{{"userId":"u","event":"e","context":{{"consent":{{"tcfString":"{tcf}"}},"locale":"de"}}}}"#);
+    assert_eq!(post(&s, SECRET, "/v1/track", &body, &[]).await.status, 200);
+    let ev = &payloads(&mem)[0];
+    assert_eq!(ev["context"]["consent"]["tcfString"], tcf.as_str());
+    assert_eq!(
+        ev["context"]["consent"]["categories"],
+        json!({"advertising":true,"analytics":true,"functional":true,"marketing":true,"personalisation":false})
+    );
+    assert_eq!(ev["context"]["locale"], "de");
+    assert_eq!(ev["context"]["ip"], "127.0.0.1");
+    assert_eq!(
+        mem.events()[0].consent_header.as_deref(),
+        Some("advertising=1;analytics=1;functional=1;marketing=1;personalisation=0")
+    );
+    // US Privacy: opted out of sale.
+    post(&s, SECRET, "/v1/track", r#"{"userId":"u","event":"e","context":{"consent":{"usPrivacy":"1YYN"}}}"#, &[])
+        .await;
+    let ev = &payloads(&mem)[1];
+    assert_eq!(ev["context"]["consent"]["usPrivacy"], "1YYN");
+    assert_eq!(ev["context"]["consent"]["categories"]["advertising"], false);
+    assert_eq!(ev["context"]["consent"]["categories"]["analytics"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_drop_policy_and_ip_policy() {
+    let toml = controls_config("[sources.consent]\nrequired = [\"analytics\"]\nip = \"truncate\"", "");
+    let (s, mem) = server(&toml).await;
+    let body = r#"{"batch":[
+        {"type":"track","userId":"u","event":"kept","context":{"consent":{"analytics":true,"marketing":false}}},
+        {"type":"track","userId":"u","event":"dropped","context":{"consent":{"analytics":false}}},
+        {"type":"track","userId":"u","event":"no consent: default grants"},
+        {"type":"track","userId":"u","event":"bad","context":{"consent":{"analytics":"yes"}}},
+        {"type":"track","userId":"u","event":"two forms","context":{"consent":{"usPrivacy":"1NNN","tcfString":"x"}}},
+        {"type":"track","userId":"u","event":"client ip","context":{"ip":"198.51.100.77"}}
+    ]}"#;
+    let r = post(&s, SECRET, "/v1/batch", body, &[]).await;
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    assert_eq!(j["consent_dropped"], 1, "{j}");
+    assert_eq!((j["accepted"].as_u64(), j["rejected"].as_u64()), (Some(4), Some(2)));
+    let errs: Vec<(u64, &str)> = j["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["index"].as_u64().unwrap(), e["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(errs, vec![(3, "invalid_consent"), (4, "invalid_consent")]);
+    assert!(j["errors"][1]["message"].as_str().unwrap().contains("one"), "{j}");
+    let evs = payloads(&mem);
+    let names: Vec<&str> = evs.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["kept", "no consent: default grants", "client ip"]);
+    // IP policy: truncated, whether the peer's or the client's.
+    assert_eq!(evs[0]["context"]["ip"], "127.0.0.0");
+    assert_eq!(evs[2]["context"]["ip"], "198.51.100.0");
+    // A single call that is dropped is still a 200: the client did nothing wrong.
+    let r =
+        post(&s, SECRET, "/v1/track", r#"{"userId":"u","event":"e","context":{"consent":{"analytics":false}}}"#, &[])
+            .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(mem.events().len(), 3);
+    let metrics = String::from_utf8(request(s.addr, "GET", "/metrics", &[], b"").await.body).unwrap();
+    assert!(metrics.contains(r#"gateway_events_consent_dropped_total{source_id="shop",type="track"} 2"#), "{metrics}");
+
+    let (s, mem) = server(&controls_config("consent = { ip = \"remove\" }", "")).await;
+    post(&s, SECRET, "/v1/track", r#"{"userId":"u","event":"e","context":{"ip":"1.2.3.4","locale":"fr"}}"#, &[]).await;
+    let ev = &payloads(&mem)[0];
+    assert_eq!(ev["context"], json!({"locale":"fr"}));
+}
+
+// ---- dedup ----------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_are_answered_200_counted_and_not_published() {
+    let (s, mem) = server(&controls_config("", "")).await;
+    let ev = r#"{"userId":"u","event":"e","messageId":"m-1"}"#;
+    assert_eq!(post(&s, SECRET, "/v1/track", ev, &[]).await.status, 200);
+    assert_eq!(post(&s, SECRET, "/v1/track", ev, &[]).await.status, 200);
+    let batch = r#"{"batch":[
+        {"type":"track","userId":"u","event":"e","messageId":"m-1"},
+        {"type":"track","userId":"u","event":"e","messageId":"m-2"},
+        {"type":"track","userId":"u","event":"e","messageId":"m-2"},
+        {"type":"track","userId":"u","event":"no id"},
+        {"type":"track","userId":"u","event":"no id"}
+    ]}"#;
+    let j = post(&s, SECRET, "/v1/batch", batch, &[]).await.json();
+    assert_eq!(
+        (j["accepted"].as_u64(), j["duplicates"].as_u64(), j["rejected"].as_u64()),
+        (Some(5), Some(2), Some(0)),
+        "{j}"
+    );
+    let ids: Vec<String> = mem.events().iter().map(|e| e.message_id.clone()).collect();
+    assert_eq!(ids.iter().filter(|i| *i == "m-1").count(), 1);
+    assert_eq!(ids.iter().filter(|i| *i == "m-2").count(), 1);
+    assert_eq!(ids.len(), 4, "server-generated ids are never deduplicated: {ids:?}");
+    // Dedup is per source: the same id from another source is new.
+    let metrics = String::from_utf8(request(s.addr, "GET", "/metrics", &[], b"").await.body).unwrap();
+    assert!(metrics.contains(r#"gateway_events_duplicated_total{source_id="shop",type="track"} 3"#), "{metrics}");
+    assert!(metrics.contains("gateway_dedup_entries 2"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_copies_publish_exactly_once() {
+    let (s, mem) = server(&controls_config("", "")).await;
+    mem.set_delay(Some(Duration::from_millis(200)));
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let addr = s.addr;
+        tasks.push(tokio::spawn(async move {
+            let body = r#"{"userId":"u","event":"e","messageId":"same"}"#;
+            request(
+                addr,
+                "POST",
+                "/v1/track",
+                &[("Content-Type", "application/json"), ("X-Write-Key", SECRET)],
+                body.as_bytes(),
+            )
+            .await
+            .status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(mem.events().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_publish_releases_the_id_so_the_retry_goes_through() {
+    let (s, mem) = server(&controls_config("", "")).await;
+    let ev = r#"{"userId":"u","event":"e","messageId":"retry-me"}"#;
+    mem.fail_next(vec![PublishError::QueueFull]);
+    post(&s, SECRET, "/v1/track", ev, &[]).await.assert_error(503, "publish_unavailable");
+    assert_eq!(post(&s, SECRET, "/v1/track", ev, &[]).await.status, 200);
+    assert_eq!(post(&s, SECRET, "/v1/track", ev, &[]).await.status, 200);
+    assert_eq!(mem.events().len(), 1);
+    // While a copy is in flight and then fails, the waiting copy is published, not dropped.
+    mem.set_delay(Some(Duration::from_millis(300)));
+    mem.fail_next(vec![PublishError::Unavailable("broker down".into())]);
+    let first = {
+        let addr = s.addr;
+        tokio::spawn(async move {
+            let body = r#"{"userId":"u","event":"e","messageId":"racing"}"#;
+            request(
+                addr,
+                "POST",
+                "/v1/track",
+                &[("Content-Type", "application/json"), ("X-Write-Key", SECRET)],
+                body.as_bytes(),
+            )
+            .await
+            .status
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = post(&s, SECRET, "/v1/track", r#"{"userId":"u","event":"e","messageId":"racing"}"#, &[]).await;
+    assert_eq!(first.await.unwrap(), 503);
+    assert_eq!(second.status, 200);
+    assert_eq!(mem.events().iter().filter(|e| e.message_id == "racing").count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_survives_a_graceful_restart_and_can_be_turned_off() {
+    let toml = controls_config("", "");
+    let s =
+        TestServer::start_in(&toml, Arc::new(MemoryPublisher::new()), tempfile::tempdir().unwrap(), Clocks::default())
+            .await;
+    assert_eq!(
+        post(&s, SECRET, "/v1/track", r#"{"userId":"u","event":"e","messageId":"snap"}"#, &[]).await.status,
+        200
+    );
+    let dir = s.stop_keeping_state().await;
+    assert!(dir.path().join("dedup.snapshot").exists());
+    let mem = Arc::new(MemoryPublisher::new());
+    let s = TestServer::start_in(&toml, mem.clone(), dir, Clocks::default()).await;
+    let j = post(
+        &s,
+        SECRET,
+        "/v1/batch",
+        r#"{"batch":[{"type":"track","userId":"u","event":"e","messageId":"snap"}]}"#,
+        &[],
+    )
+    .await
+    .json();
+    assert_eq!(j["duplicates"], 1, "{j}");
+    assert!(mem.events().is_empty());
+
+    let (s, mem) = server(&controls_config("dedup = false", "")).await;
+    for _ in 0..2 {
+        post(&s, SECRET, "/v1/track", r#"{"userId":"u","event":"e","messageId":"same"}"#, &[]).await;
+    }
+    assert_eq!(mem.events().len(), 2);
+}
