@@ -830,6 +830,8 @@ pub struct ConfigError {
 pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    /// Replaces `kafka.brokers` (so one config file serves several environments).
+    pub kafka_brokers: Option<String>,
 }
 
 impl Config {
@@ -857,6 +859,9 @@ impl Config {
         }
         if let Some(dir) = &overrides.data_dir {
             raw.sink.local_log.data_dir = dir.clone();
+        }
+        if let Some(b) = &overrides.kafka_brokers {
+            raw.kafka.brokers = Some(b.clone());
         }
         raw.validate(name)
     }
@@ -1231,7 +1236,7 @@ mod tests {
             topic = "srv.{type}"
             keys = [{ key = "k2" }]
         "#;
-        let o = Overrides { listen: Some("127.0.0.1:0".into()), data_dir: Some("/tmp/x".into()) };
+        let o = Overrides { listen: Some("127.0.0.1:0".into()), data_dir: Some("/tmp/x".into()), kafka_brokers: None };
         let c = Config::from_toml("f", text, &o).unwrap();
         assert_eq!(c.server.listen.port(), 0);
         assert!(matches!(&c.sink, SinkConfig::LocalLog { data_dir, .. } if data_dir == Path::new("/tmp/x")));

@@ -32,11 +32,18 @@ struct Args {
     /// Data directory of the local log, overriding sink.local_log.data_dir.
     #[arg(long, env = "GATEWAY_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Kafka bootstrap servers, overriding kafka.brokers.
+    #[arg(long, env = "GATEWAY_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let overrides = Overrides { listen: args.listen.clone(), data_dir: args.data_dir.clone() };
+    let overrides = Overrides {
+        listen: args.listen.clone(),
+        data_dir: args.data_dir.clone(),
+        kafka_brokers: args.kafka_brokers.clone(),
+    };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(c) => c,
         Err(e) => {
