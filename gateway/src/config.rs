@@ -126,6 +126,10 @@ pub struct RawServer {
     /// `Access-Control-Max-Age` of CORS preflight answers.
     #[serde(default = "default_cors_max_age_s")]
     pub cors_max_age_s: u64,
+    /// A second listener for `/metrics`, `/health` and `/ready` only (e.g. `0.0.0.0:9090`), so
+    /// metrics are not exposed on the public port. When set, the public port has no `/metrics`.
+    #[serde(default)]
+    pub admin_listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -218,7 +222,7 @@ pub struct RawTopics {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
-    /// `json` (default) or `text`.
+    /// `auto` (default: text when stderr is a terminal, JSON otherwise), `json` or `text`.
     #[serde(default = "default_log_format")]
     pub format: String,
     /// A `tracing` filter directive, e.g. `info` or `gateway=debug`. `RUST_LOG` overrides it.
@@ -355,8 +359,10 @@ fn default_kafka_record_key() -> String {
     "user_or_anonymous_id".into()
 }
 /// The producer properties we set unless `[kafka.producer]` does (see [`RawKafka`]).
-fn default_kafka_producer() -> [(&'static str, &'static str); 8] {
+fn default_kafka_producer() -> [(&'static str, &'static str); 9] {
     [
+        // librdkafka's statistics feed the gateway_kafka_* gauges of /metrics.
+        ("statistics.interval.ms", "5000"),
         ("acks", "all"),
         ("enable.idempotence", "true"),
         ("compression.type", "lz4"),
@@ -398,7 +404,7 @@ impl Default for RawDedup {
     }
 }
 fn default_log_format() -> String {
-    "json".into()
+    "auto".into()
 }
 fn default_log_level() -> String {
     "info".into()
@@ -415,6 +421,7 @@ impl Default for RawServer {
             body_read_timeout_ms: default_body_read_timeout_ms(),
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
             cors_max_age_s: default_cors_max_age_s(),
+            admin_listen: None,
         }
     }
 }
@@ -497,6 +504,7 @@ pub struct ServerConfig {
     pub body_read_timeout_ms: u64,
     pub shutdown_timeout_ms: u64,
     pub cors_max_age_s: u64,
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// Request size limits.
@@ -889,6 +897,16 @@ impl RawConfig {
                 None
             }
         };
+        let admin_listen = match &self.server.admin_listen {
+            None => None,
+            Some(a) => match a.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    bad(format!("server.admin_listen: '{a}' is not an address like 127.0.0.1:9090"));
+                    None
+                }
+            },
+        };
         let mut trusted_proxies = Vec::new();
         for p in &self.server.trusted_proxies {
             if let Ok(net) = p.parse::<IpNet>() {
@@ -964,8 +982,8 @@ impl RawConfig {
         let topics = Topics { default: self.topics.default.clone(), by_type };
 
         match self.log.format.as_str() {
-            "json" | "text" => {}
-            other => bad(format!("log.format: '{other}' is not one of json, text")),
+            "auto" | "json" | "text" => {}
+            other => bad(format!("log.format: '{other}' is not one of auto, json, text")),
         }
 
         if self.sources.is_empty() {
@@ -1115,6 +1133,7 @@ impl RawConfig {
                 body_read_timeout_ms: self.server.body_read_timeout_ms,
                 shutdown_timeout_ms: self.server.shutdown_timeout_ms,
                 cors_max_age_s: self.server.cors_max_age_s,
+                admin_listen,
             },
             limits: Limits {
                 max_request_bytes: self.limits.max_request_bytes,

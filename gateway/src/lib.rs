@@ -66,6 +66,16 @@ pub async fn run(
 /// Order at shutdown: stop accepting and drain (server) → flush the sink → stop the background
 /// tasks → persist usage counts and the dedup snapshot.
 pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    serve_with_admin(state, listener, None, shutdown).await
+}
+
+/// [`serve`], plus an admin listener for `/metrics`, `/health` and `/ready` when given.
+pub async fn serve_with_admin(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) {
     let rt = state.runtime();
     let flush_timeout = Duration::from_millis(rt.config.server.shutdown_timeout_ms);
     let background = tokio_util::sync::CancellationToken::new();
@@ -76,11 +86,15 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: impl F
     let housekeeping = tokio::spawn(housekeeping(state.clone(), background.clone()));
     drop(rt);
 
+    let admin_task = admin.map(|l| tokio::spawn(server::serve_admin(l, state.clone(), background.clone())));
     server::serve(listener, state.clone(), shutdown).await;
     if let Err(e) = state.publisher.flush(flush_timeout).await {
         tracing::error!(error = %e, "sink flush at shutdown failed");
     }
     background.cancel();
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
     let _ = sweeper.await;
     let _ = housekeeping.await;
     let st = state.clone();

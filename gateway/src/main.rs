@@ -88,13 +88,21 @@ fn run(config: Config, path: Option<PathBuf>, overrides: Overrides) -> anyhow::R
             .with_context(|| format!("binding {}", config.server.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         tracing::info!(%addr, "listening");
+        let admin = match config.server.admin_listen {
+            Some(a) => {
+                let l = tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding admin {a}"))?;
+                tracing::info!(addr = %l.local_addr().context("reading the admin address")?, "admin listening (/metrics, /health, /ready)");
+                Some(l)
+            }
+            None => None,
+        };
         let token = CancellationToken::new();
         gateway::shutdown::cancel_on_signal(token.clone());
         let state = Arc::new(
             gateway::AppState::new(config, publisher, gateway::metrics::Metrics::new()).map_err(anyhow::Error::msg)?,
         );
         gateway::reload::spawn_on_sighup(state.clone(), path, overrides);
-        gateway::serve(state, listener, token.cancelled_owned()).await;
+        gateway::serve_with_admin(state, listener, admin, token.cancelled_owned()).await;
         tracing::info!("stopped");
         Ok(())
     })
@@ -104,7 +112,13 @@ fn init_tracing(config: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if config.log.format == "text" {
+    use std::io::IsTerminal;
+    let text = match config.log.format.as_str() {
+        "text" => true,
+        "json" => false,
+        _ => std::io::stderr().is_terminal(),
+    };
+    if text {
         builder.init();
     } else {
         builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init();

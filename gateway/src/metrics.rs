@@ -5,7 +5,14 @@
 //! source ids from config) — never from what a client sent.
 //! Must not: hold business rules; stages only call the `record_*`/`inc` helpers.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::publish::SinkStats;
 
 /// Every metric, registered in one registry.
 #[derive(Clone)]
@@ -25,6 +32,16 @@ pub struct Metrics {
     pub consent_dropped: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub dedup_entries: IntGauge,
+    pub ready: IntGauge,
+    pub contract_violations: IntCounterVec,
+    kafka_queue_messages: IntGauge,
+    kafka_queue_bytes: IntGauge,
+    kafka_queue_max_messages: IntGauge,
+    kafka_broker_up: IntGaugeVec,
+    kafka_broker_rtt_p99: GaugeVec,
+    kafka_broker_tx_errors: IntCounterVec,
+    /// Last cumulative tx error count seen per broker (librdkafka reports totals).
+    tx_errors_seen: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl Metrics {
@@ -104,6 +121,37 @@ impl Metrics {
         .expect("constant metric definition");
         let dedup_entries = IntGauge::new("gateway_dedup_entries", "messageIds held by the dedup cache")
             .expect("constant metric definition");
+        let ready = IntGauge::new("gateway_ready", "1 when /ready answers 200 (sink usable, not draining)")
+            .expect("constant metric definition");
+        let contract_violations = IntCounterVec::new(
+            Opts::new(
+                "gateway_contract_violations_total",
+                "Events that broke their tracking plan, by source and action",
+            ),
+            &["source_id", "action"],
+        )
+        .expect("constant metric definition");
+        let kafka_queue_messages =
+            IntGauge::new("gateway_kafka_queue_messages", "Messages in the Kafka producer's local queue")
+                .expect("constant metric definition");
+        let kafka_queue_bytes = IntGauge::new("gateway_kafka_queue_bytes", "Bytes in the Kafka producer's local queue")
+            .expect("constant metric definition");
+        let kafka_queue_max_messages =
+            IntGauge::new("gateway_kafka_queue_max_messages", "Capacity of the Kafka producer's local queue")
+                .expect("constant metric definition");
+        let kafka_broker_up =
+            IntGaugeVec::new(Opts::new("gateway_kafka_broker_up", "1 when the broker connection is UP"), &["broker"])
+                .expect("constant metric definition");
+        let kafka_broker_rtt_p99 = GaugeVec::new(
+            Opts::new("gateway_kafka_broker_rtt_p99_seconds", "99th percentile request round trip to the broker"),
+            &["broker"],
+        )
+        .expect("constant metric definition");
+        let kafka_broker_tx_errors = IntCounterVec::new(
+            Opts::new("gateway_kafka_broker_tx_errors_total", "Transmission errors to the broker"),
+            &["broker"],
+        )
+        .expect("constant metric definition");
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -119,6 +167,14 @@ impl Metrics {
             Box::new(consent_dropped.clone()),
             Box::new(rate_limited.clone()),
             Box::new(dedup_entries.clone()),
+            Box::new(ready.clone()),
+            Box::new(contract_violations.clone()),
+            Box::new(kafka_queue_messages.clone()),
+            Box::new(kafka_queue_bytes.clone()),
+            Box::new(kafka_queue_max_messages.clone()),
+            Box::new(kafka_broker_up.clone()),
+            Box::new(kafka_broker_rtt_p99.clone()),
+            Box::new(kafka_broker_tx_errors.clone()),
         ] {
             if let Err(e) = registry.register(c) {
                 tracing::error!(error = %e, "metric registration failed");
@@ -140,6 +196,32 @@ impl Metrics {
             consent_dropped,
             rate_limited,
             dedup_entries,
+            ready,
+            contract_violations,
+            kafka_queue_messages,
+            kafka_queue_bytes,
+            kafka_queue_max_messages,
+            kafka_broker_up,
+            kafka_broker_rtt_p99,
+            kafka_broker_tx_errors,
+            tx_errors_seen: Arc::default(),
+        }
+    }
+
+    /// Copies a sink's statistics into the `gateway_kafka_*` gauges (at scrape time).
+    pub fn record_sink_stats(&self, stats: &SinkStats) {
+        self.kafka_queue_messages.set(stats.queue_messages as i64);
+        self.kafka_queue_bytes.set(stats.queue_bytes as i64);
+        self.kafka_queue_max_messages.set(stats.queue_max_messages as i64);
+        let Ok(mut seen) = self.tx_errors_seen.lock() else { return };
+        for b in &stats.brokers {
+            self.kafka_broker_up.with_label_values(&[&b.name]).set(i64::from(b.up));
+            self.kafka_broker_rtt_p99.with_label_values(&[&b.name]).set(b.rtt_p99_s);
+            let last = seen.entry(b.name.clone()).or_insert(0);
+            // A replaced producer starts counting from zero again.
+            let delta = if b.tx_errors >= *last { b.tx_errors - *last } else { b.tx_errors };
+            self.kafka_broker_tx_errors.with_label_values(&[&b.name]).inc_by(delta);
+            *last = b.tx_errors;
         }
     }
 

@@ -144,6 +144,10 @@ where
         (Some(Route::Telemetry), &Method::POST) => handler::telemetry(state, req).await,
         (Some(Route::Health), &Method::GET | &Method::HEAD) => health(),
         (Some(Route::Ready), &Method::GET | &Method::HEAD) => ready(state),
+        (Some(Route::Metrics), &Method::GET) if state.runtime().config.server.admin_listen.is_some() => {
+            // Served on the admin listener only: not exposed with the public port.
+            respond::error(&Error::NotFound("/metrics (served on server.admin_listen)".into()))
+        }
         (Some(Route::Metrics), &Method::GET) => metrics(state),
         (Some(Route::Usage), &Method::GET) => handler::usage(state, req).await,
         (Some(r), _) => respond::error(&Error::MethodNotAllowed {
@@ -160,6 +164,16 @@ where
         respond::add_cors(response.headers_mut(), origin.as_ref());
     }
     response
+}
+
+/// The admin listener's routes: `/metrics`, `/health`, `/ready`.
+pub fn handle_admin<B>(state: &AppState, req: Request<B>) -> Response<Body> {
+    match (req.method(), lookup(req.uri().path())) {
+        (&Method::GET, Some(Route::Metrics)) => metrics(state),
+        (&Method::GET | &Method::HEAD, Some(Route::Health)) => health(),
+        (&Method::GET | &Method::HEAD, Some(Route::Ready)) => ready(state),
+        _ => respond::error(&Error::NotFound(truncate_path(req.uri().path()))),
+    }
 }
 
 fn truncate_path(p: &str) -> String {
@@ -187,6 +201,10 @@ fn ready(state: &AppState) -> Response<Body> {
 fn metrics(state: &AppState) -> Response<Body> {
     // Gauges of long-lived state are read at scrape time.
     state.metrics.dedup_entries.set(state.dedup.len() as i64);
+    state.metrics.ready.set(i64::from(ready(state).status() == StatusCode::OK));
+    if let Some(stats) = state.publisher.stats() {
+        state.metrics.record_sink_stats(&stats);
+    }
     let mut r = Response::new(Full::new(Bytes::from(state.metrics.encode())));
     r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     r

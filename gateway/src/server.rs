@@ -86,3 +86,37 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
         _ = tokio::time::sleep(timeout) => tracing::warn!(timeout_ms = cfg.shutdown_timeout_ms, "drain timed out; closing remaining connections"),
     }
 }
+
+/// The admin listener: `/metrics`, `/health`, `/ready` only, HTTP/1.1, until `stop`.
+pub async fn serve_admin(listener: TcpListener, state: Arc<AppState>, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        let (stream, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let st = state.clone();
+        let service = service_fn(move |req| {
+            let st = st.clone();
+            async move { Ok::<_, Infallible>(router::handle_admin(&st, req)) }
+        });
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+}

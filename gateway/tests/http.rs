@@ -673,3 +673,100 @@ async fn reload_swaps_keys_and_refuses_a_broken_file() {
     assert_eq!(s.state.metrics.config_reloads.with_label_values(&["ok"]).get(), 1);
     assert_eq!(s.state.metrics.config_reloads.with_label_values(&["error"]).get(), 1);
 }
+
+/// Checks every line of a Prometheus text exposition (format 0.0.4).
+fn assert_valid_exposition(text: &str) {
+    let mut typed = std::collections::HashMap::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            assert!(rest.split_once(' ').is_some(), "bad HELP: {line}");
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind), "{line}");
+            typed.insert(name.to_string(), kind.to_string());
+            continue;
+        }
+        assert!(!line.starts_with('#'), "unexpected comment: {line}");
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        assert!(value == "+Inf" || value == "NaN" || value.parse::<f64>().is_ok(), "bad value: {line}");
+        let name = series.split('{').next().unwrap();
+        assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'), "bad name: {line}");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|f| typed.get(*f).is_some_and(|k| k == "histogram"))
+            .unwrap_or(name);
+        assert!(typed.contains_key(family), "series without TYPE: {line}");
+        assert!(name.starts_with("gateway_"), "metric outside our namespace: {line}");
+        if typed[family] == "counter" {
+            assert!(name.ends_with("_total"), "counter without _total: {line}");
+        }
+        if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+            assert!(labels.starts_with('{') && labels.ends_with('}'), "bad labels: {line}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_exposition_is_valid_prometheus_text() {
+    let s = TestServer::memory().await;
+    s.post_json("/v1/batch", r#"{"batch":[{"type":"track","userId":"u","event":"a"},{"type":"track"}]}"#).await;
+    s.post_json("/v1/track", r#"{"userId":"u","event":"a","messageId":"m"}"#).await;
+    s.post_json("/v1/track", r#"{"userId":"u","event":"a","messageId":"m"}"#).await;
+    request(s.addr, "GET", "/nope", &[], b"").await;
+    let r = request(s.addr, "GET", "/metrics", &[], b"").await;
+    assert_eq!(r.header("content-type"), Some("text/plain; version=0.0.4"));
+    let text = String::from_utf8(r.body).unwrap();
+    assert_valid_exposition(&text);
+    for line in [
+        r#"gateway_events_duplicated_total{source_id="web",type="track"} 1"#,
+        r#"gateway_events_accepted_total{source_id="web",type="track"} 2"#,
+        r#"gateway_http_requests_total{route="unknown",status="404"} 1"#,
+        r#"gateway_http_requests_total{route="track",status="200"} 2"#,
+        "gateway_ready 1",
+        "gateway_dedup_entries 1",
+        "gateway_http_requests_in_flight 0",
+        r#"gateway_publish_duration_seconds_count{sink="memory"} 2"#, // the duplicate is not published
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_live_on_an_admin_listener_only() {
+    use gateway::config::{Config, Overrides};
+    let text = config_text("")
+        .replace("shutdown_timeout_ms = 5000", "shutdown_timeout_ms = 5000\nadmin_listen = \"127.0.0.1:0\"");
+    let mut config = Config::from_toml("t", &text, &Overrides::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    config.usage_dir = dir.path().to_path_buf();
+    config.dedup.snapshot_path = None;
+    let state = std::sync::Arc::new(
+        gateway::AppState::new(
+            config,
+            std::sync::Arc::new(gateway::publish::memory::MemoryPublisher::new()),
+            gateway::metrics::Metrics::new(),
+        )
+        .unwrap(),
+    );
+    let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (public_addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(gateway::serve_with_admin(state, public, Some(admin), async {
+        let _ = rx.await;
+    }));
+    request(public_addr, "GET", "/metrics", &[], b"").await.assert_error(404, "not_found");
+    let r = request(admin_addr, "GET", "/metrics", &[], b"").await;
+    assert_eq!(r.status, 200);
+    assert!(String::from_utf8(r.body).unwrap().contains("gateway_http_requests_total"));
+    assert_eq!(request(admin_addr, "GET", "/ready", &[], b"").await.status, 200);
+    request(admin_addr, "POST", "/v1/track", &[], b"{}").await.assert_error(404, "not_found");
+    let _ = tx.send(());
+    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
+}

@@ -313,3 +313,31 @@ async fn no_acknowledged_event_is_lost_while_the_broker_flaps() {
         acked.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_statistics_become_gauges_and_consent_a_header() {
+    let m = mock();
+    let g = fast_gateway(&m, "\"statistics.interval.ms\" = 100").await;
+    g.wait_ready(200, Duration::from_secs(10)).await;
+    let body = r#"{"userId":"u","event":"e","messageId":"c-1","context":{"consent":{"usPrivacy":"1YYN"}}}"#;
+    assert_eq!(g.post("/v1/track", body).await.status, 200);
+    // Statistics arrive every 100 ms; the scrape copies the latest into gauges.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = g.get("/metrics").await.body;
+        if text.contains("gateway_kafka_broker_up{") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(text.lines().any(|l| l.starts_with("gateway_kafka_broker_up{") && l.ends_with(" 1")), "{text}");
+    assert!(text.contains("gateway_kafka_queue_max_messages 500000"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("gateway_kafka_broker_rtt_p99_seconds{")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("gateway_kafka_queue_messages ")), "{text}");
+    let records = read_topic(&m.bootstrap_servers(), TOPIC).await;
+    let rec = records.iter().find(|r| payload_message_id(r) == "c-1").unwrap();
+    assert_eq!(
+        rec.header("consent-categories"),
+        Some("advertising=0;analytics=1;functional=1;marketing=0;personalisation=1")
+    );
+}

@@ -39,10 +39,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Notify;
 
-use super::{BoxFuture, OutEvent, PublishError, PublishResults, Publisher};
+use super::{BoxFuture, BrokerStats, OutEvent, PublishError, PublishResults, Publisher, SinkStats};
 use crate::config::{KafkaConfig, RecordKey};
 
 /// Room left in `message.max.bytes` for the record's framing, key and headers: the handler
@@ -173,6 +174,8 @@ struct Health {
     /// since; 0 = none. Cleared by a success, and by a failed probe (an outage explains it).
     stuck_since_ms: AtomicU64,
     last_problem: Mutex<String>,
+    /// The last statistics librdkafka emitted (`statistics.interval.ms`).
+    stats: Mutex<Option<SinkStats>>,
 }
 
 impl Health {
@@ -183,6 +186,7 @@ impl Health {
             all_down: AtomicBool::new(false),
             stuck_since_ms: AtomicU64::new(0),
             last_problem: Mutex::new("no metadata answer yet".into()),
+            stats: Mutex::new(None),
         }
     }
 
@@ -263,6 +267,32 @@ impl Context {
 }
 
 impl ClientContext for Context {
+    fn stats(&self, statistics: Statistics) {
+        let mut brokers: Vec<BrokerStats> = statistics
+            .brokers
+            .values()
+            // Bootstrap entries (`nodeid` -1) duplicate the real brokers under another name.
+            .filter(|b| b.nodeid >= 0)
+            .map(|b| BrokerStats {
+                name: b.name.clone(),
+                up: b.state == "UP",
+                rtt_p99_s: b.rtt.as_ref().map_or(0.0, |w| w.p99 as f64 / 1e6),
+                tx_errors: b.txerrs,
+            })
+            .collect();
+        brokers.sort_by(|a, b| a.name.cmp(&b.name));
+        let snapshot = SinkStats {
+            queue_messages: statistics.msg_cnt,
+            queue_bytes: statistics.msg_size,
+            queue_max_messages: statistics.msg_max,
+            queue_max_bytes: statistics.msg_size_max,
+            brokers,
+        };
+        if let Ok(mut s) = self.health.stats.lock() {
+            *s = Some(snapshot);
+        }
+    }
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         match level {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
@@ -467,6 +497,8 @@ pub struct KafkaPublisher {
     /// The longest a request waits for its delivery reports.
     wait_limit: Duration,
     brokers: String,
+    /// `queue.buffering.max.messages`, for readiness.
+    queue_max_messages: Option<u64>,
 }
 
 impl KafkaPublisher {
@@ -515,6 +547,7 @@ impl KafkaPublisher {
             max_message_bytes: config.max_message_bytes,
             wait_limit: Duration::from_millis(config.message_timeout_ms) + DELIVERY_GRACE,
             brokers: config.brokers.clone(),
+            queue_max_messages: prop("queue.buffering.max.messages").and_then(|v| v.parse().ok()),
         })
     }
 
@@ -608,8 +641,19 @@ impl Publisher for KafkaPublisher {
         })
     }
 
+    fn stats(&self) -> Option<SinkStats> {
+        self.shared.health.stats.lock().ok().and_then(|s| s.clone())
+    }
+
     fn readiness(&self) -> Result<(), String> {
         let health = &self.shared.health;
+        // A nearly full local queue means 503s are imminent: take the instance out of rotation.
+        if let (Ok(p), Some(max)) = (self.shared.producer(), self.queue_max_messages) {
+            let queued = p.in_flight_count().max(0) as u64;
+            if queued * 10 >= max * 9 {
+                return Err(format!("kafka: the producer queue is {queued}/{max} messages full"));
+            }
+        }
         if let Some((code, reason)) = self.shared.producer().ok().and_then(|p| p.client().fatal_error()) {
             return Err(format!("kafka: the producer failed ({}: {reason}); replacing it", error_class(code)));
         }

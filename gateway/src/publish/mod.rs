@@ -81,4 +81,34 @@ pub trait Publisher: Send + Sync + 'static {
     fn max_event_bytes(&self) -> Option<usize> {
         None
     }
+
+    /// The sink's own statistics (queue depth, brokers), for `/metrics`.
+    fn stats(&self) -> Option<SinkStats> {
+        None
+    }
+}
+
+/// A snapshot of a sink's internals, surfaced as gauges.
+#[derive(Debug, Clone, Default)]
+pub struct SinkStats {
+    /// Messages waiting in the producer's local queue, and their bytes.
+    pub queue_messages: u64,
+    pub queue_bytes: u64,
+    /// The queue's bounds.
+    pub queue_max_messages: u64,
+    pub queue_max_bytes: u64,
+    pub brokers: Vec<BrokerStats>,
+}
+
+/// One broker as the producer sees it.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerStats {
+    /// `host:port/id`, from the cluster's metadata (a bounded set).
+    pub name: String,
+    /// Connected and usable (`UP`).
+    pub up: bool,
+    /// 99th percentile round-trip time of requests, seconds.
+    pub rtt_p99_s: f64,
+    /// Transmission errors since the producer started.
+    pub tx_errors: u64,
 }
