@@ -4,7 +4,9 @@
 #   benches/e2e.sh                         # Kafka sink (a fresh Tansu per scenario), all scenarios
 #   SINK=local_log benches/e2e.sh          # the local log instead (fsync on)
 #   SCENARIOS="batch64" DURATION=10 RUNS=3 benches/e2e.sh
-#   EXTRA_TOML='[contracts] …' LABEL=contracts benches/e2e.sh   # appended to the gateway config
+#   EXTRA_TOML='[rate_limits] …' LABEL=x benches/e2e.sh   # appended to the gateway config
+#   SOURCE_TOML='dedup = false' benches/e2e.sh              # added to the bench source
+#   UNIQUE_IDS=1 benches/e2e.sh      # every event gets a fresh client messageId (dedup on the path)
 #
 # Scenarios: batch64 (100-event batches of ≈600 B events, 64 connections), track64 and
 # track512 (single /v1/track calls, 64 and 512 connections). For each run it starts fresh
@@ -20,6 +22,8 @@ DURATION="${DURATION:-15}"
 RUNS="${RUNS:-1}"
 LABEL="${LABEL:-$SINK}"
 EXTRA_TOML="${EXTRA_TOML:-}"
+SOURCE_TOML="${SOURCE_TOML:-}"
+UNIQUE_IDS="${UNIQUE_IDS:-0}"
 OUT="$REPO/bench-results"
 mkdir -p "$OUT"
 WORK="$(mktemp -d)"
@@ -36,13 +40,35 @@ cargo build --release -q -p gateway
 cargo run --release -q -p gateway-benches --example gen_payloads "$WORK/payloads" >&2
 
 cat >"$WORK/post.lua" <<'LUA'
--- wrk script: POST the body file given in BODY_FILE with the bench write key.
+-- wrk script: POST the body file given in BODY_FILE with the bench write key. With
+-- UNIQUE_IDS=1 every event gets a fresh messageId (thread id + counter).
 local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
+local body = f:read("*a")
 f:close()
+wrk.method = "POST"
+wrk.body = body
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-Write-Key"] = "bench-key"
+local unique = os.getenv("UNIQUE_IDS") == "1"
+local template, n = nil, 0
+if unique then
+  template = body:gsub('"type":"track"', '"messageId":"MSGID","type":"track"')
+end
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+function request()
+  if not unique then
+    return wrk.format()
+  end
+  local b = template:gsub("MSGID", function()
+    n = n + 1
+    return tostring(tid or 0) .. "-" .. tostring(n)
+  end)
+  return wrk.format(nil, nil, nil, b)
+end
 LUA
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -67,11 +93,8 @@ kind = \"kafka\"
 [kafka]
 brokers = \"$broker\""
   else
-    rm -rf "$WORK/data"
     sink_toml="[sink]
-kind = \"local_log\"
-[sink.local_log]
-data_dir = \"$WORK/data\""
+kind = \"local_log\""
   fi
   local port; port="$(free_port)"
   cat >"$WORK/gateway.toml" <<EOF
@@ -83,9 +106,12 @@ $sink_toml
 $EXTRA_TOML
 [[sources]]
 id = "bench"
+$SOURCE_TOML
 keys = [{ key = "bench-key" }]
 EOF
-  target/release/gateway --config "$WORK/gateway.toml" 2>"$WORK/gateway.log" &
+  # Fresh state per run: usage counts and the dedup snapshot must not carry over.
+  rm -rf "$WORK/state"
+  GATEWAY_DATA_DIR="$WORK/state" target/release/gateway --config "$WORK/gateway.toml" 2>"$WORK/gateway.log" &
   local gw=$!
   PIDS+=("$gw")
   for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$port/ready" >/dev/null 2>&1 && break; sleep 0.05; done
@@ -95,7 +121,7 @@ EOF
   local g0 b0=0 g1 b1=0
   g0="$(cpu_ticks "$gw")"; [ -n "$broker_pid" ] && b0="$(cpu_ticks "$broker_pid")"
   local wrk_out="$WORK/wrk.txt"
-  /usr/bin/time -f "%U %S" -o "$WORK/wrk.time" env BODY_FILE="$body" \
+  /usr/bin/time -f "%U %S" -o "$WORK/wrk.time" env BODY_FILE="$body" UNIQUE_IDS="$UNIQUE_IDS" \
     wrk -t2 -c"$conns" -d"${DURATION}s" --latency -s "$WORK/post.lua" "http://127.0.0.1:$port$path" >"$wrk_out"
   g1="$(cpu_ticks "$gw")"; [ -n "$broker_pid" ] && b1="$(cpu_ticks "$broker_pid")"
   local hz; hz="$(getconf CLK_TCK)"

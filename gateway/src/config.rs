@@ -56,6 +56,9 @@ pub struct RawConfig {
     /// messageId deduplication.
     #[serde(default)]
     pub dedup: RawDedup,
+    /// Tracking plans.
+    #[serde(default)]
+    pub contracts: RawContracts,
     /// Sources: who may send events, and under which write keys.
     #[serde(default)]
     pub sources: Vec<RawSource>,
@@ -79,6 +82,32 @@ pub struct RawUsage {
     /// How often changed counts are written (a crash loses at most this much).
     #[serde(default = "default_usage_persist_interval_ms")]
     pub persist_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawContracts {
+    /// Folder of tracking plans, one sub-folder per plan (`GATEWAY_CONTRACTS_DIR` /
+    /// `--contracts-dir` override it). Only read when a source names a plan.
+    #[serde(default = "default_contracts_dir")]
+    pub dir: PathBuf,
+    /// Topic that receives a record for every violation, blocked or allowed.
+    #[serde(default = "default_violations_topic")]
+    pub violations_topic: String,
+}
+
+/// A source's tracking plan and what to do with events that do not follow it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSourceContracts {
+    /// Plan name: a folder of `contracts.dir`.
+    pub plan: String,
+    #[serde(default)]
+    pub unplanned_events: Option<crate::validate::UnplannedEvents>,
+    #[serde(default)]
+    pub unplanned_properties: Option<crate::validate::UnplannedProperties>,
+    #[serde(default)]
+    pub violations: Option<crate::validate::Violations>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -262,6 +291,9 @@ pub struct RawSource {
     pub dedup: bool,
     #[serde(default = "default_dedup_ttl_s")]
     pub dedup_ttl_s: u64,
+    /// The source's tracking plan and policies (default: none, nothing checked).
+    #[serde(default)]
+    pub contracts: Option<RawSourceContracts>,
     /// Write keys that map to this source.
     #[serde(default)]
     pub keys: Vec<RawKey>,
@@ -388,6 +420,17 @@ fn default_dedup_sweep_interval_ms() -> u64 {
 fn default_dedup_ttl_s() -> u64 {
     86_400
 }
+fn default_contracts_dir() -> PathBuf {
+    PathBuf::from("contracts")
+}
+fn default_violations_topic() -> String {
+    "violations".into()
+}
+impl Default for RawContracts {
+    fn default() -> Self {
+        Self { dir: default_contracts_dir(), violations_topic: default_violations_topic() }
+    }
+}
 impl Default for RawUsage {
     fn default() -> Self {
         Self { data_dir: None, persist_interval_ms: default_usage_persist_interval_ms() }
@@ -483,6 +526,8 @@ pub struct Config {
     pub usage_dir: PathBuf,
     pub usage_persist_interval_ms: u64,
     pub dedup: DedupSettings,
+    pub contracts_dir: PathBuf,
+    pub violations_topic: Arc<str>,
     pub sources: Vec<Arc<Source>>,
 }
 
@@ -714,6 +759,8 @@ pub struct Source {
     /// `Some(ttl)` when client messageIds are deduplicated.
     pub dedup_ttl: Option<std::time::Duration>,
     pub rate_limits: KeyLimits,
+    /// Plan name and policies, when the source's events are checked against a tracking plan.
+    pub contracts: Option<(String, crate::validate::Policies)>,
     pub keys: Vec<WriteKey>,
 }
 
@@ -840,6 +887,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// Replaces `kafka.brokers` (so one config file serves several environments).
     pub kafka_brokers: Option<String>,
+    /// Replaces `contracts.dir`.
+    pub contracts_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -870,6 +919,9 @@ impl Config {
         }
         if let Some(b) = &overrides.kafka_brokers {
             raw.kafka.brokers = Some(b.clone());
+        }
+        if let Some(d) = &overrides.contracts_dir {
+            raw.contracts.dir = d.clone();
         }
         raw.validate(name)
     }
@@ -1086,6 +1138,15 @@ impl RawConfig {
                 consent: s.consent.clone(),
                 dedup_ttl: s.dedup.then(|| std::time::Duration::from_secs(s.dedup_ttl_s)),
                 rate_limits: s.rate_limits,
+                contracts: s.contracts.as_ref().map(|c| {
+                    let d = crate::validate::Policies::default();
+                    let policies = crate::validate::Policies {
+                        unplanned_events: c.unplanned_events.unwrap_or(d.unplanned_events),
+                        unplanned_properties: c.unplanned_properties.unwrap_or(d.unplanned_properties),
+                        violations: c.violations.unwrap_or(d.violations),
+                    };
+                    (c.plan.clone(), policies)
+                }),
                 keys: write_keys,
             }));
         }
@@ -1147,6 +1208,8 @@ impl RawConfig {
             usage_dir,
             usage_persist_interval_ms: self.usage.persist_interval_ms,
             dedup,
+            contracts_dir: self.contracts.dir.clone(),
+            violations_topic: Arc::from(self.contracts.violations_topic.as_str()),
             sources,
         })
     }
@@ -1255,7 +1318,12 @@ mod tests {
             topic = "srv.{type}"
             keys = [{ key = "k2" }]
         "#;
-        let o = Overrides { listen: Some("127.0.0.1:0".into()), data_dir: Some("/tmp/x".into()), kafka_brokers: None };
+        let o = Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: Some("/tmp/x".into()),
+            kafka_brokers: None,
+            contracts_dir: None,
+        };
         let c = Config::from_toml("f", text, &o).unwrap();
         assert_eq!(c.server.listen.port(), 0);
         assert!(matches!(&c.sink, SinkConfig::LocalLog { data_dir, .. } if data_dir == Path::new("/tmp/x")));

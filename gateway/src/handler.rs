@@ -6,6 +6,7 @@
 //! Owns: the order of the stages and the shared [`AppState`]. Must not: contain stage logic;
 //! each rule lives in its stage, each status in `respond`.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use crate::ratelimit::{self, Decision};
 use crate::respond::{self, Body, Error, Outcome};
 use crate::router::IngestRoute;
 use crate::timestamp::Timestamp;
+use crate::validate::{self, Plan, Plans, Policies, Verdict as ContractVerdict};
 
 /// What every request shares.
 pub struct AppState {
@@ -72,13 +74,32 @@ impl Default for Clocks {
 pub struct Runtime {
     pub config: Config,
     pub keys: KeyTable,
+    /// Compiled tracking plan and policies per source id (sources with a plan only).
+    pub contracts: HashMap<Arc<str>, (Arc<Plan>, Policies)>,
 }
 
 impl Runtime {
-    /// Builds everything a config needs; fails without side effects.
+    /// Builds everything a config needs — the key table, the compiled tracking plans — and
+    /// fails without side effects (a reload that fails leaves the old runtime serving).
     pub fn build(config: Config) -> Result<Runtime, String> {
         let keys = KeyTable::new(&config.sources);
-        Ok(Runtime { config, keys })
+        let mut contracts = HashMap::new();
+        if config.sources.iter().any(|s| s.contracts.is_some()) {
+            let dir = &config.contracts_dir;
+            let plans = Plans::load(dir).map_err(|e| format!("contracts in {}: {e}", dir.display()))?;
+            for (i, source) in config.sources.iter().enumerate() {
+                let Some((name, policies)) = &source.contracts else { continue };
+                let plan = plans.get(name).ok_or_else(|| {
+                    format!(
+                        "sources[{i}].contracts.plan: '{name}' is not a plan in {} (plans: {})",
+                        dir.display(),
+                        plans.names().join(", ")
+                    )
+                })?;
+                contracts.insert(source.id.clone(), (plan, *policies));
+            }
+        }
+        Ok(Runtime { config, keys, contracts })
     }
 }
 
@@ -298,8 +319,13 @@ where
     // ---- per event: decode checks, normalise (with consent), call type ------------------
     let mut outcome = Outcome::default();
     let mut candidates: Vec<Candidate> = Vec::new();
+    // Violation records for the violations topic: published with the events, but their
+    // delivery does not decide the answer.
+    let mut aux: Vec<OutEvent> = Vec::new();
+    let contract = rt.contracts.get(&source.id).cloned();
     let consider = |outcome: &mut Outcome,
                     candidates: &mut Vec<Candidate>,
+                    aux: &mut Vec<OutEvent>,
                     index: usize,
                     result: Result<decode::Normalised, decode::EventError>| {
         let n = match result {
@@ -315,20 +341,46 @@ where
             state.metrics.consent_dropped.with_label_values(&[&source.id, n.event_type.as_str()]).inc();
             return;
         }
+        let mut n = n;
+        if let Some((plan, policies)) = &contract {
+            match plan.check(policies, &n.payload) {
+                Ok(ContractVerdict::Pass) => {}
+                Ok(ContractVerdict::Publish { payload, violations }) => {
+                    let action = if payload.is_some() { "omitted" } else { "allowed" };
+                    state.metrics.contract_violations.with_label_values(&[&source.id, action]).inc();
+                    aux.push(violation_event(&rt, &source, &n, &violations, false));
+                    if let Some(p) = payload {
+                        n.payload = p;
+                    }
+                }
+                Ok(ContractVerdict::Block { violations }) => {
+                    state.metrics.contract_violations.with_label_values(&[&source.id, "blocked"]).inc();
+                    aux.push(violation_event(&rt, &source, &n, &violations, true));
+                    let msg = violation_summary(&violations);
+                    return outcome.reject_with_violations(index, msg, violations);
+                }
+                // The event is one decode wrote: a failure here is our bug, not the client's.
+                // Publishing unchecked beats losing the event; the error is logged and counted.
+                Err(e) => {
+                    tracing::error!(code = e.code(), error = %e, "contract check failed; publishing unchecked");
+                    state.metrics.contract_violations.with_label_values(&[&source.id, "check_failed"]).inc();
+                }
+            }
+        }
         let dedup = !n.message_id_generated && source.dedup_ttl.is_some();
         candidates.push(Candidate { index, event: out_event(&source, n), dedup_slot: dedup.then_some(0) });
     };
     match &payload {
         Payload::Single(ev) => {
             outcome.received = 1;
-            consider(&mut outcome, &mut candidates, 0, decode::normalise(ev, &cx));
+            consider(&mut outcome, &mut candidates, &mut aux, 0, decode::normalise(ev, &cx));
         }
         Payload::Batch(b) => {
             outcome.received = b.events.len();
             candidates.reserve(b.events.len());
             for (i, item) in b.events.iter().enumerate() {
                 let result = decode::parse_event(item, limits).and_then(|ev| decode::normalise(ev, &cx));
-                consider(&mut outcome, &mut candidates, i, result);
+                consider(&mut outcome, &mut candidates, &mut aux, i, result);
             }
         }
     }
@@ -388,21 +440,27 @@ where
 
     // ---- publish -------------------------------------------------------------------------
     let mut accepted_by_type = [0u64; EventType::COUNT];
-    if !candidates.is_empty() {
+    if !candidates.is_empty() || !aux.is_empty() {
         let mut meta_of = Vec::with_capacity(candidates.len());
-        let mut events = Vec::with_capacity(candidates.len());
+        let mut events = Vec::with_capacity(candidates.len() + aux.len());
         for c in candidates {
             meta_of.push((c.index, c.dedup_slot, c.event.event_type));
             events.push(c.event);
         }
+        let aux_count = aux.len();
+        events.extend(aux);
         reservations.begin_publish();
         let started = Instant::now();
-        let results = state.publisher.publish(events).await;
+        let mut results = state.publisher.publish(events).await;
         state
             .metrics
             .publish_duration
             .with_label_values(&[sink_label(&rt.config)])
             .observe(started.elapsed().as_secs_f64());
+        let aux_results = results.split_off(results.len().saturating_sub(aux_count));
+        for e in aux_results.iter().filter_map(|r| r.as_ref().err()) {
+            tracing::warn!(code = respond::publish_code(e), error = %e, "publishing a violation record failed");
+        }
         for (result, (index, slot, t)) in results.into_iter().zip(meta_of) {
             match result {
                 Ok(()) => {
@@ -440,6 +498,44 @@ where
     outcome.errors.sort_by_key(|f| f.index);
 
     Ok(if route.batch { respond::batch(&outcome, no_content) } else { respond::single(&outcome, no_content) })
+}
+
+/// The violations-topic record of one event.
+fn violation_event(
+    rt: &Runtime,
+    source: &Arc<Source>,
+    n: &decode::Normalised,
+    violations: &[validate::Violation],
+    blocked: bool,
+) -> OutEvent {
+    let name = validate::event_name(&n.payload);
+    let payload = validate::violation_record(
+        &source.id,
+        &n.message_id,
+        name.as_deref(),
+        n.event_type.as_str(),
+        violations,
+        blocked,
+        &n.payload,
+    );
+    OutEvent {
+        topic: rt.config.violations_topic.clone(),
+        key: Some(n.message_id.clone()),
+        event_type: n.event_type,
+        source_id: source.id.clone(),
+        message_id: n.message_id.clone(),
+        payload,
+        consent_header: None,
+    }
+}
+
+/// A one-line reason for a blocked event (the full list goes in `violations`).
+fn violation_summary(violations: &[validate::Violation]) -> String {
+    let first: Vec<String> =
+        violations.iter().take(3).map(|v| format!("{} ({}): {}", v.pointer, v.keyword, v.message)).collect();
+    let more = violations.len().saturating_sub(3);
+    let tail = if more > 0 { format!("; and {more} more") } else { String::new() };
+    format!("the event breaks its tracking plan: {}{tail}", first.join("; "))
 }
 
 fn sink_label(config: &Config) -> &'static str {

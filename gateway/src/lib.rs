@@ -14,7 +14,10 @@
 //! - [`shutdown`]: signals → cancellation; [`reload`]: SIGHUP → atomic config swap.
 //! - [`timestamp`]: RFC 3339 parse/format on the hot path (shared by decode and responses).
 //!
-//! Validation against contracts and messageId dedup plug in between decode and publish.
+//! - [`validate`]: tracking plans (JSON Schema contracts) compiled once, checked per event.
+//! - [`dedup`]: messageId reservations, bounded by TTL and capacity.
+//! - [`consent`]: TCF v2 / US Privacy decoding, categories, per-source policy.
+//! - [`ratelimit`], [`quota`]: GCRA windows and monthly quotas used by [`access`].
 //!
 //! Errors: each stage has its own `thiserror` enum; [`respond::Error`] joins them and is the
 //! only thing that knows HTTP statuses. Only `main` uses `anyhow`.
@@ -36,6 +39,7 @@ pub mod router;
 pub mod server;
 pub mod shutdown;
 pub mod timestamp;
+pub mod validate;
 
 use std::future::Future;
 use std::sync::Arc;

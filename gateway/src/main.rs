@@ -35,6 +35,9 @@ struct Args {
     /// Kafka bootstrap servers, overriding kafka.brokers.
     #[arg(long, env = "GATEWAY_KAFKA_BROKERS")]
     kafka_brokers: Option<String>,
+    /// Folder of tracking plans, overriding contracts.dir.
+    #[arg(long, env = "GATEWAY_CONTRACTS_DIR")]
+    contracts_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         listen: args.listen.clone(),
         data_dir: args.data_dir.clone(),
         kafka_brokers: args.kafka_brokers.clone(),
+        contracts_dir: args.contracts_dir.clone(),
     };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(c) => c,
@@ -54,6 +58,11 @@ fn main() -> ExitCode {
     };
     if args.check {
         let name = args.config.as_ref().map_or(gateway::config::EMBEDDED_NAME.to_string(), |p| p.display().to_string());
+        // Everything the config needs is built too: tracking plans are compiled.
+        if let Err(e) = gateway::handler::Runtime::build(config) {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
         println!("{name}: ok");
         return ExitCode::SUCCESS;
     }

@@ -17,6 +17,7 @@ use crate::access::AccessError;
 use crate::auth::AuthError;
 use crate::decode::{DecodeError, EventError};
 use crate::publish::PublishError;
+use crate::validate::Violation;
 
 /// The response body type of the whole server.
 pub type Body = Full<Bytes>;
@@ -127,6 +128,7 @@ pub const ALL_CODES: &[&str] = &[
     "rate_limited",
     "quota_exceeded",
     "event_type_not_allowed",
+    "contract_violation",
     "invalid_consent",
     "dedup_in_flight",
     "unsupported_media_type",
@@ -161,6 +163,8 @@ struct ErrorBody<'a> {
     success: bool,
     code: &'a str,
     message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    violations: Option<&'a [Violation]>,
 }
 
 /// One rejected event of a batch.
@@ -172,6 +176,9 @@ pub struct EventFailure {
     /// What this failure alone would answer (the status of a single call).
     #[serde(skip)]
     pub status: StatusCode,
+    /// Field-level reasons of a `contract_violation`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub violations: Option<Vec<Violation>>,
 }
 
 /// What happened to the events of one request. `accepted` counts events published, answered
@@ -197,7 +204,19 @@ impl Outcome {
     /// Records an event refused by a check (bad input, not allowed, over quota…).
     pub fn reject(&mut self, index: usize, status: StatusCode, code: &'static str, message: String) {
         self.any_invalid |= !status.is_server_error();
-        self.errors.push(EventFailure { index, code, message, status });
+        self.errors.push(EventFailure { index, code, message, status, violations: None });
+    }
+
+    /// Records an event blocked by its tracking plan (422 `contract_violation`).
+    pub fn reject_with_violations(&mut self, index: usize, message: String, violations: Vec<Violation>) {
+        self.any_invalid = true;
+        self.errors.push(EventFailure {
+            index,
+            code: "contract_violation",
+            message,
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            violations: Some(violations),
+        });
     }
 
     /// Events answered success: published, duplicates, consent-dropped.
@@ -213,6 +232,7 @@ impl Outcome {
             code: publish_code(&e),
             message: e.to_string(),
             status: publish_status(&e),
+            violations: None,
         });
         let replace = match &self.publish_error {
             None => true,
@@ -252,7 +272,7 @@ pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
 
 /// `{"success":false,"code":…,"message":…}` with `status`.
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    let body = serde_json::to_vec(&ErrorBody { success: false, code, message }).unwrap_or_default();
+    let body = serde_json::to_vec(&ErrorBody { success: false, code, message, violations: None }).unwrap_or_default();
     json_response(status, body)
 }
 
@@ -278,7 +298,11 @@ pub fn ok(no_content: bool) -> Response<Body> {
 /// The answer to a single call (one event).
 pub fn single(outcome: &Outcome, no_content: bool) -> Response<Body> {
     match outcome.errors.first() {
-        Some(f) => error_response(f.status, f.code, &f.message),
+        Some(f) => {
+            let body =
+                ErrorBody { success: false, code: f.code, message: &f.message, violations: f.violations.as_deref() };
+            json_response(f.status, serde_json::to_vec(&body).unwrap_or_default())
+        }
         None => ok(no_content),
     }
 }

@@ -91,8 +91,14 @@ fn check_reports_every_problem_with_the_path() {
             "{needle} missing:\n{err}"
         );
     }
-    // The embedded default validates too.
-    assert!(Command::new(BIN).arg("--check").output().unwrap().status.success());
+    // The embedded default validates too (from the repo root, where contracts/ is), and --check
+    // compiles the tracking plans: elsewhere the demo source's plan is missing.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let out = Command::new(BIN).arg("--check").current_dir(root).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = Command::new(BIN).arg("--check").current_dir(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("contracts"), "{out:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

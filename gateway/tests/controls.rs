@@ -484,3 +484,182 @@ async fn dedup_survives_a_graceful_restart_and_can_be_turned_off() {
     }
     assert_eq!(mem.events().len(), 2);
 }
+
+// ---- contracts ------------------------------------------------------------------------------
+
+const PLAN_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../contracts");
+
+fn contracts_config(policies: &str, dir: &str) -> String {
+    controls_config(
+        &format!("contracts = {{ plan = \"example\", {policies} }}"),
+        &format!("[contracts]\ndir = \"{dir}\"\nviolations_topic = \"audit\""),
+    )
+}
+
+fn violations_topic(mem: &MemoryPublisher) -> Vec<Value> {
+    mem.events().iter().filter(|e| &*e.topic == "audit").map(|e| serde_json::from_slice(&e.payload).unwrap()).collect()
+}
+
+fn published_events(mem: &MemoryPublisher) -> Vec<Value> {
+    mem.events().iter().filter(|e| &*e.topic != "audit").map(|e| serde_json::from_slice(&e.payload).unwrap()).collect()
+}
+
+const CTX: &str = r#""context":{"library":{"name":"test"}}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_block_gives_422_with_field_level_reasons_and_an_audit_record() {
+    let toml = contracts_config(r#"unplanned_events = "block", violations = "block""#, PLAN_DIR);
+    let (s, mem) = server(&toml).await;
+    let body = format!(
+        r#"{{"userId":"u","event":"Order Completed","messageId":"bad-1","properties":{{"order_id":"o-1","currency":"eur"}},{CTX}}}"#
+    );
+    let r = post(&s, SECRET, "/v1/track", &body, &[]).await;
+    r.assert_error(422, "contract_violation");
+    let j = r.json();
+    let v = j["violations"].as_array().unwrap();
+    let by_pointer: std::collections::HashMap<&str, &str> =
+        v.iter().map(|x| (x["pointer"].as_str().unwrap(), x["keyword"].as_str().unwrap())).collect();
+    assert_eq!(by_pointer.get("/properties/total"), Some(&"required"), "{j}");
+    assert_eq!(by_pointer.get("/properties/currency"), Some(&"pattern"), "{j}");
+    assert!(v.iter().all(|x| !x["message"].as_str().unwrap().is_empty()));
+    assert!(j["message"].as_str().unwrap().contains("/properties/"), "{j}");
+    // Not published; audited.
+    assert!(published_events(&mem).is_empty());
+    let audit = violations_topic(&mem);
+    assert_eq!(audit.len(), 1);
+    assert_eq!((audit[0]["sourceId"].as_str(), audit[0]["messageId"].as_str()), (Some("shop"), Some("bad-1")));
+    assert_eq!((audit[0]["event"].as_str(), audit[0]["blocked"].as_bool()), (Some("Order Completed"), Some(true)));
+    assert_eq!(audit[0]["originalEvent"]["properties"]["currency"], "eur");
+    assert_eq!(audit[0]["violations"].as_array().unwrap().len(), v.len());
+
+    // A batch: per-event errors with their violations; valid and planned events go through.
+    let batch = format!(
+        r#"{{"batch":[
+        {{"type":"track","userId":"u","event":"Order Completed","properties":{{"order_id":"o-2","total":10}},{CTX}}},
+        {{"type":"track","userId":"u","event":"Not In The Plan",{CTX}}},
+        {{"type":"identify","userId":"u","traits":{{"email":"not-an-email"}},{CTX}}},
+        {{"type":"track","userId":"u","event":"Signed Up","properties":{{"plan":"pro"}},"context":{{"library":{{"version":"1"}}}}}}
+    ]}}"#
+    );
+    let j = post(&s, SECRET, "/v1/batch", &batch, &[]).await.json();
+    let errs: Vec<(u64, &str, &str)> = j["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (e["index"].as_u64().unwrap(), e["code"].as_str().unwrap(), e["violations"][0]["keyword"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        errs,
+        vec![
+            (1, "contract_violation", "unplanned_event"),
+            (2, "contract_violation", "format"),
+            (3, "contract_violation", "required")
+        ],
+        "{j}"
+    );
+    assert_eq!(j["errors"][2]["violations"][0]["pointer"], "/context/library/name", "{j}");
+    assert_eq!(published_events(&mem).len(), 1);
+    assert_eq!(violations_topic(&mem).len(), 4);
+    let metrics = String::from_utf8(request(s.addr, "GET", "/metrics", &[], b"").await.body).unwrap();
+    assert!(metrics.contains(r#"gateway_contract_violations_total{action="blocked",source_id="shop"} 4"#), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_allow_publishes_and_reports_and_omit_removes() {
+    // allow: published unchanged, reported.
+    let (s, mem) = server(&contracts_config(r#"violations = "allow""#, PLAN_DIR)).await;
+    let body =
+        format!(r#"{{"userId":"u","event":"Order Completed","properties":{{"order_id":"o-1","total":"ten"}},{CTX}}}"#);
+    assert_eq!(post(&s, SECRET, "/v1/track", &body, &[]).await.status, 200);
+    assert_eq!(published_events(&mem)[0]["properties"]["total"], "ten");
+    let audit = violations_topic(&mem);
+    assert_eq!((audit.len(), audit[0]["blocked"].as_bool()), (1, Some(false)));
+    assert_eq!(audit[0]["violations"][0]["pointer"], "/properties/total");
+    // Unplanned events pass silently under allow.
+    let body = format!(r#"{{"userId":"u","event":"Whatever",{CTX}}}"#);
+    assert_eq!(post(&s, SECRET, "/v1/track", &body, &[]).await.status, 200);
+    assert_eq!(violations_topic(&mem).len(), 1);
+
+    // omit: the offending property and the undeclared one are removed, the rest published.
+    let (s, mem) = server(&contracts_config(r#"violations = "omit", unplanned_properties = "omit""#, PLAN_DIR)).await;
+    let body = format!(
+        r#"{{"userId":"u","event":"Order Completed","properties":{{"order_id":"o-1","total":5,"currency":"eur","note":"x"}},{CTX}}}"#
+    );
+    assert_eq!(post(&s, SECRET, "/v1/track", &body, &[]).await.status, 200);
+    assert_eq!(published_events(&mem)[0]["properties"], json!({"order_id":"o-1","total":5}));
+    let keywords: Vec<String> = violations_topic(&mem)[0]["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["keyword"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        keywords.contains(&"pattern".to_string()) && keywords.contains(&"unplanned_property".to_string()),
+        "{keywords:?}"
+    );
+    // omit cannot make up a missing required property: blocked.
+    let body = format!(r#"{{"userId":"u","event":"Order Completed","properties":{{"order_id":"o-1"}},{CTX}}}"#);
+    post(&s, SECRET, "/v1/track", &body, &[]).await.assert_error(422, "contract_violation");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versioned_schema_is_selected_by_event_version() {
+    let (s, mem) = server(&contracts_config(r#"violations = "block""#, PLAN_DIR)).await;
+    let v1 = format!(r#"{{"userId":"u","event":"Order Completed","properties":{{"order_id":"o","total":1}},{CTX}}}"#);
+    assert_eq!(post(&s, SECRET, "/v1/track", &v1, &[]).await.status, 200);
+    let v2 = r#"{"userId":"u","event":"Order Completed","properties":{"order_id":"o","total":1},"context":{"library":{"name":"t"},"protocols":{"event_version":2}}}"#;
+    let r = post(&s, SECRET, "/v1/track", v2, &[]).await;
+    r.assert_error(422, "contract_violation");
+    assert_eq!(r.json()["violations"][0]["pointer"], "/properties/subtotal");
+    let v2ok = v2.replace(r#""total":1"#, r#""total":1,"subtotal":1"#);
+    assert_eq!(post(&s, SECRET, "/v1/track", &v2ok, &[]).await.status, 200);
+    // An unknown version falls back to the default schema.
+    let v9 = v2.replace(r#""event_version":2"#, r#""event_version":9"#);
+    assert_eq!(post(&s, SECRET, "/v1/track", &v9, &[]).await.status, 200);
+    assert_eq!(published_events(&mem).len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_reload_is_atomic_and_a_broken_plan_is_refused() {
+    // A private copy of the example plan that the test can change.
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("example");
+    copy_dir(std::path::Path::new(PLAN_DIR).join("example").as_path(), &plan);
+    let cfg_path = dir.path().join("g.toml");
+    let toml = contracts_config(r#"unplanned_events = "block""#, &dir.path().display().to_string());
+    std::fs::write(&cfg_path, &toml).unwrap();
+    let (s, mem) = server(&toml).await;
+    let new_event = format!(r#"{{"userId":"u","event":"Wishlist Shared",{CTX}}}"#);
+    post(&s, SECRET, "/v1/track", &new_event, &[]).await.assert_error(422, "contract_violation");
+    // Plan the event, reload: it passes.
+    std::fs::write(plan.join("track/Wishlist Shared.json"), r#"{"type":"object"}"#).unwrap();
+    gateway::reload::reload_from(&s.state, Some(&cfg_path), &Default::default()).unwrap();
+    assert_eq!(post(&s, SECRET, "/v1/track", &new_event, &[]).await.status, 200);
+    // Break a schema: the reload is refused, naming the file, and the plan keeps serving.
+    std::fs::write(plan.join("track/Signed Up.json"), r#"{"type": 12}"#).unwrap();
+    std::fs::remove_file(plan.join("track/Wishlist Shared.json")).unwrap();
+    let err = gateway::reload::reload_from(&s.state, Some(&cfg_path), &Default::default()).unwrap_err();
+    assert!(err.contains("Signed Up.json"), "{err}");
+    assert_eq!(post(&s, SECRET, "/v1/track", &new_event, &[]).await.status, 200);
+    assert_eq!(published_events(&mem).len(), 2);
+    assert_eq!(s.state.metrics.config_reloads.with_label_values(&["error"]).get(), 1);
+    // A gateway does not start on a broken plan.
+    let cfg = gateway::config::Config::from_toml("g.toml", &toml, &Default::default()).unwrap();
+    let err = gateway::handler::Runtime::build(cfg).err().unwrap();
+    assert!(err.contains("Signed Up.json") && err.contains("/type"), "{err}");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
