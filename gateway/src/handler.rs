@@ -330,11 +330,13 @@ where
                     result: Result<decode::Normalised, decode::EventError>| {
         let n = match result {
             Ok(n) => n,
-            Err(e) => return outcome.reject(index, respond::event_status(&e), e.code(), e.to_string()),
+            Err(e) => {
+                return outcome.reject(index, route.path_type, respond::event_status(&e), e.code(), e.to_string())
+            }
         };
         if !access::type_allowed(key, n.event_type) {
             let msg = format!("this write key may not send {} calls", n.event_type);
-            return outcome.reject(index, StatusCode::FORBIDDEN, "event_type_not_allowed", msg);
+            return outcome.reject(index, Some(n.event_type), StatusCode::FORBIDDEN, "event_type_not_allowed", msg);
         }
         if n.consent_drop {
             outcome.consent_dropped += 1;
@@ -357,7 +359,7 @@ where
                     state.metrics.contract_violations.with_label_values(&[&source.id, "blocked"]).inc();
                     aux.push(violation_event(&rt, &source, &n, &violations, true));
                     let msg = violation_summary(&violations);
-                    return outcome.reject_with_violations(index, msg, violations);
+                    return outcome.reject_with_violations(index, n.event_type, msg, violations);
                 }
                 // The event is one decode wrote: a failure here is our bug, not the client's.
                 // Publishing unchecked beats losing the event; the error is logged and counted.
@@ -391,8 +393,11 @@ where
     if let Some(max) = state.publisher.max_event_bytes() {
         candidates.retain(|c| {
             if c.event.payload.len() > max {
-                outcome
-                    .add_publish_failure(c.index, PublishError::TooLarge { size: c.event.payload.len(), limit: max });
+                outcome.add_publish_failure(
+                    c.index,
+                    c.event.event_type,
+                    PublishError::TooLarge { size: c.event.payload.len(), limit: max },
+                );
                 false
             } else {
                 true
@@ -417,7 +422,7 @@ where
         }
         Some(Verdict::InFlight) => {
             let msg = "a request with the same messageId is still being published; retry".to_string();
-            outcome.reject(c.index, StatusCode::SERVICE_UNAVAILABLE, "dedup_in_flight", msg);
+            outcome.reject(c.index, Some(c.event.event_type), StatusCode::SERVICE_UNAVAILABLE, "dedup_in_flight", msg);
             outcome.retry = true;
             false
         }
@@ -434,7 +439,7 @@ where
                 reservations.release(s);
             }
             let msg = AccessError::QuotaExceeded.to_string();
-            outcome.reject(c.index, StatusCode::PAYMENT_REQUIRED, "quota_exceeded", msg);
+            outcome.reject(c.index, Some(c.event.event_type), StatusCode::PAYMENT_REQUIRED, "quota_exceeded", msg);
         }
     }
 
@@ -480,7 +485,7 @@ where
                             reservations.release(s);
                         }
                     }
-                    outcome.add_publish_failure(index, e);
+                    outcome.add_publish_failure(index, t, e);
                 }
             }
         }
@@ -567,7 +572,8 @@ fn record_events(state: &AppState, source: &Source, outcome: &Outcome, accepted:
         }
     }
     for f in &outcome.errors {
-        m.events_rejected.with_label_values(&[&source.id, f.code]).inc();
+        let t = f.event_type.map_or("unknown", EventType::as_str);
+        m.events_rejected.with_label_values(&[&source.id, t, f.code]).inc();
     }
 }
 

@@ -79,8 +79,11 @@ impl Metrics {
         )
         .expect("constant metric definition");
         let events_rejected = IntCounterVec::new(
-            Opts::new("gateway_events_rejected_total", "Events rejected, by source and error code"),
-            &["source_id", "code"],
+            Opts::new(
+                "gateway_events_rejected_total",
+                "Events rejected, by source, call type (unknown when unreadable) and error code",
+            ),
+            &["source_id", "type", "code"],
         )
         .expect("constant metric definition");
         let publish_duration = HistogramVec::new(

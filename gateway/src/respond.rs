@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::access::AccessError;
 use crate::auth::AuthError;
-use crate::decode::{DecodeError, EventError};
+use crate::decode::{DecodeError, EventError, EventType};
 use crate::publish::PublishError;
 use crate::validate::Violation;
 
@@ -179,6 +179,9 @@ pub struct EventFailure {
     /// Field-level reasons of a `contract_violation`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub violations: Option<Vec<Violation>>,
+    /// The event's call type when it is known (a metric label; not sent).
+    #[serde(skip)]
+    pub event_type: Option<EventType>,
 }
 
 /// What happened to the events of one request. `accepted` counts events published, answered
@@ -202,13 +205,26 @@ pub struct Outcome {
 
 impl Outcome {
     /// Records an event refused by a check (bad input, not allowed, over quota…).
-    pub fn reject(&mut self, index: usize, status: StatusCode, code: &'static str, message: String) {
+    pub fn reject(
+        &mut self,
+        index: usize,
+        event_type: Option<EventType>,
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    ) {
         self.any_invalid |= !status.is_server_error();
-        self.errors.push(EventFailure { index, code, message, status, violations: None });
+        self.errors.push(EventFailure { index, code, message, status, violations: None, event_type });
     }
 
     /// Records an event blocked by its tracking plan (422 `contract_violation`).
-    pub fn reject_with_violations(&mut self, index: usize, message: String, violations: Vec<Violation>) {
+    pub fn reject_with_violations(
+        &mut self,
+        index: usize,
+        event_type: EventType,
+        message: String,
+        violations: Vec<Violation>,
+    ) {
         self.any_invalid = true;
         self.errors.push(EventFailure {
             index,
@@ -216,6 +232,7 @@ impl Outcome {
             message,
             status: StatusCode::UNPROCESSABLE_ENTITY,
             violations: Some(violations),
+            event_type: Some(event_type),
         });
     }
 
@@ -226,13 +243,14 @@ impl Outcome {
 
     /// Records a publish failure, keeping the one that matters most for the status: a
     /// retriable failure wins, so that SDKs retry the request.
-    pub fn add_publish_failure(&mut self, index: usize, e: PublishError) {
+    pub fn add_publish_failure(&mut self, index: usize, event_type: EventType, e: PublishError) {
         self.errors.push(EventFailure {
             index,
             code: publish_code(&e),
             message: e.to_string(),
             status: publish_status(&e),
             violations: None,
+            event_type: Some(event_type),
         });
         let replace = match &self.publish_error {
             None => true,
@@ -418,14 +436,14 @@ mod tests {
     fn retriable_publish_failure_wins() {
         let mut o = Outcome { received: 3, accepted: 1, ..Default::default() };
         assert_eq!(batch(&o, false).status(), StatusCode::OK);
-        o.add_publish_failure(1, PublishError::Fatal("auth".into()));
-        o.add_publish_failure(2, PublishError::Timeout);
+        o.add_publish_failure(1, EventType::Track, PublishError::Fatal("auth".into()));
+        o.add_publish_failure(2, EventType::Track, PublishError::Timeout);
         let r = batch(&o, false);
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[http::header::RETRY_AFTER], "2");
         let mut o = Outcome { received: 2, accepted: 0, ..Default::default() };
-        o.add_publish_failure(0, PublishError::Fatal("auth".into()));
-        o.add_publish_failure(1, PublishError::Fatal("auth".into()));
+        o.add_publish_failure(0, EventType::Track, PublishError::Fatal("auth".into()));
+        o.add_publish_failure(1, EventType::Track, PublishError::Fatal("auth".into()));
         assert_eq!(batch(&o, false).status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

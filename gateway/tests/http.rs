@@ -572,7 +572,8 @@ async fn metrics_count_what_happened() {
         r#"gateway_events_received_total{source_id="web"} 4"#,
         r#"gateway_events_accepted_total{source_id="web",type="track"} 1"#,
         r#"gateway_events_accepted_total{source_id="web",type="identify"} 1"#,
-        r#"gateway_events_rejected_total{code="missing_identity",source_id="web"} 2"#,
+        r#"gateway_events_rejected_total{code="missing_identity",source_id="web",type="unknown"} 1"#,
+        r#"gateway_events_rejected_total{code="missing_identity",source_id="web",type="track"} 1"#,
         r#"gateway_http_requests_total{route="batch",status="200"} 1"#,
         r#"gateway_http_requests_total{route="track",status="400"} 1"#,
     ] {

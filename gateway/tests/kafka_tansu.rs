@@ -202,3 +202,44 @@ async fn topics_follow_type_overrides_and_source_templates() {
         assert_eq!(ids(read_topic(&brokers, &format!("{prefix}.{t}")).await), vec![(m.clone(), key(&m))]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_violations_reach_the_violations_topic() {
+    let brokers = brokers();
+    let events = fresh_topic(&brokers, "events", 1);
+    let violations = fresh_topic(&brokers, "violations", 1);
+    let plans = concat!(env!("CARGO_MANIFEST_DIR"), "/../contracts");
+    let rest = format!(
+        "[topics]\ndefault = \"{events}\"\n\
+         [contracts]\ndir = \"{plans}\"\nviolations_topic = \"{violations}\"\n\
+         [[sources]]\nid = \"shop\"\n\
+         contracts = {{ plan = \"example\", unplanned_events = \"block\", violations = \"allow\" }}\n\
+         keys = [{{ key = \"{WRITE_KEY}\" }}]\n"
+    );
+    let g = Gateway::kafka(&kafka_config(&brokers, "", "", &rest)).await;
+    let r = g
+        .post(
+            "/v1/batch",
+            r#"{"batch":[
+                {"type":"track","userId":"u","event":"Order Completed","messageId":"ok-1","properties":{"order_id":"o","total":1}},
+                {"type":"track","userId":"u","event":"Order Completed","messageId":"allowed-1","properties":{"order_id":"o"}},
+                {"type":"track","userId":"u","event":"Unplanned Thing","messageId":"blocked-1"}]}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["errors"][0]["code"], "contract_violation");
+
+    let mut published: Vec<String> = read_topic(&brokers, &events).await.iter().map(payload_message_id).collect();
+    published.sort();
+    assert_eq!(published, vec!["allowed-1", "ok-1"]);
+    let mut audit: Vec<serde_json::Value> =
+        read_topic(&brokers, &violations).await.iter().map(|r| serde_json::from_slice(&r.payload).unwrap()).collect();
+    audit.sort_by_key(|v| v["messageId"].as_str().unwrap().to_string());
+    assert_eq!(audit.len(), 2, "{audit:?}");
+    assert_eq!((audit[0]["messageId"].as_str(), audit[0]["blocked"].as_bool()), (Some("allowed-1"), Some(false)));
+    assert_eq!(audit[0]["violations"][0]["pointer"], "/properties/total");
+    assert_eq!(audit[0]["originalEvent"]["messageId"], "allowed-1");
+    assert_eq!((audit[1]["messageId"].as_str(), audit[1]["blocked"].as_bool()), (Some("blocked-1"), Some(true)));
+    assert_eq!(audit[1]["violations"][0]["keyword"], "unplanned_event");
+    assert_eq!(audit[1]["sourceId"], "shop");
+}
