@@ -19,25 +19,7 @@ fn decode_batch(c: &mut Criterion) {
     let now = gateway::timestamp::Timestamp::now();
     let now_text = now.format();
     g.bench_function("batch100/typed+normalise", |b| {
-        b.iter(|| {
-            let parsed = decode::parse_body(black_box(body.as_bytes()), true, &limits()).unwrap();
-            let cx = RequestContext {
-                path_type: None,
-                received_at: now,
-                received_at_text: &now_text,
-                batch_sent_at: decode::batch_sent_at(&parsed),
-                client_ip: "203.0.113.9",
-                source_id: "bench",
-                consent: &policy,
-            };
-            let Body::Batch(batch) = &parsed else { unreachable!() };
-            let mut bytes = 0;
-            for item in &batch.events {
-                let ev = decode::parse_event(item, &limits()).unwrap();
-                bytes += decode::normalise(ev, &cx).unwrap().payload.len();
-            }
-            bytes
-        })
+        b.iter(|| gateway_benches::decode_batch(black_box(body.as_bytes()), &policy).unwrap())
     });
     g.bench_function("batch100/serde_json::Value (baseline)", |b| {
         b.iter(|| {

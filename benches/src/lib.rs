@@ -16,3 +16,31 @@ pub fn batch_body(n: usize) -> String {
     let events: Vec<String> = (0..n).map(track_event).collect();
     format!(r#"{{"batch":[{}],"sentAt":"2026-11-22T23:58:41.000Z","writeKey":"bench-key"}}"#, events.join(","))
 }
+
+/// The decode stage of one batch request, as the handler runs it (parse, per-event checks,
+/// normalise), without HTTP or a sink: returns the bytes written. Shared by the criterion
+/// bench and the profiling example, so both measure the same code.
+pub fn decode_batch(body: &[u8], policy: &gateway::consent::ConsentPolicy) -> Option<usize> {
+    use gateway::decode::{self, Body, RequestContext};
+    let limits =
+        gateway::config::Limits { max_request_bytes: 1 << 20, max_event_bytes: 32 * 1024, max_batch_events: 2500 };
+    let now = gateway::timestamp::Timestamp::now();
+    let now_text = now.format();
+    let parsed = decode::parse_body(body, true, &limits).ok()?;
+    let cx = RequestContext {
+        path_type: None,
+        received_at: now,
+        received_at_text: &now_text,
+        batch_sent_at: decode::batch_sent_at(&parsed),
+        client_ip: "203.0.113.9",
+        source_id: "bench",
+        consent: policy,
+    };
+    let Body::Batch(batch) = &parsed else { return None };
+    let mut bytes = 0;
+    for item in &batch.events {
+        let ev = decode::parse_event(item, &limits).ok()?;
+        bytes += decode::normalise(ev, &cx).ok()?.payload.len();
+    }
+    Some(bytes)
+}

@@ -694,37 +694,15 @@ fn find_ref(node: &Value, at: &mut String, error: &str, found: &mut Option<Strin
 // Checking one event
 // ---------------------------------------------------------------------------------------------
 
-/// The six Segment call types (decode has its own; this module must not depend on it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CallType {
-    Track,
-    Identify,
-    Page,
-    Screen,
-    Group,
-    Alias,
-}
+// The call type of an event: decode's type, the one definition of the six Segment calls.
+use crate::decode::EventType as CallType;
 
-impl CallType {
-    fn parse(s: &str) -> Option<CallType> {
-        Some(match s {
-            "track" => CallType::Track,
-            "identify" => CallType::Identify,
-            "page" => CallType::Page,
-            "screen" => CallType::Screen,
-            "group" => CallType::Group,
-            "alias" => CallType::Alias,
-            _ => return None,
-        })
-    }
-
-    /// The member a type's schema describes.
-    fn payload_field(self) -> Option<&'static str> {
-        match self {
-            CallType::Track | CallType::Page | CallType::Screen => Some("properties"),
-            CallType::Identify | CallType::Group => Some("traits"),
-            CallType::Alias => None,
-        }
+/// Which object of an event the call type's own schema describes.
+fn payload_field(t: CallType) -> Option<&'static str> {
+    match t {
+        CallType::Track | CallType::Page | CallType::Screen => Some("properties"),
+        CallType::Identify | CallType::Group => Some("traits"),
+        CallType::Alias => None,
     }
 }
 
@@ -779,10 +757,10 @@ impl Plan {
                 match self.track.get(name) {
                     Some(planned) => {
                         let version = if planned.versions.is_empty() { None } else { event_version(&doc) };
-                        Selection { field: ty.payload_field(), schema: planned.select(version) }
+                        Selection { field: payload_field(ty), schema: planned.select(version) }
                     }
                     None => {
-                        let selection = Selection { field: ty.payload_field(), schema: None };
+                        let selection = Selection { field: payload_field(ty), schema: None };
                         if policies.unplanned_events == UnplannedEvents::Block {
                             reported.push(Violation {
                                 pointer: "/event".into(),
@@ -800,10 +778,10 @@ impl Plan {
                     }
                 }
             }
-            CallType::Identify => Selection { field: ty.payload_field(), schema: self.identify.as_ref() },
-            CallType::Group => Selection { field: ty.payload_field(), schema: self.group.as_ref() },
-            CallType::Page => Selection { field: ty.payload_field(), schema: self.page.as_ref() },
-            CallType::Screen => Selection { field: ty.payload_field(), schema: self.screen.as_ref() },
+            CallType::Identify => Selection { field: payload_field(ty), schema: self.identify.as_ref() },
+            CallType::Group => Selection { field: payload_field(ty), schema: self.group.as_ref() },
+            CallType::Page => Selection { field: payload_field(ty), schema: self.page.as_ref() },
+            CallType::Screen => Selection { field: payload_field(ty), schema: self.screen.as_ref() },
             CallType::Alias => Selection { field: None, schema: None },
         };
 

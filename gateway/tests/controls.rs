@@ -401,15 +401,7 @@ async fn concurrent_copies_publish_exactly_once() {
         let addr = s.addr;
         tasks.push(tokio::spawn(async move {
             let body = r#"{"userId":"u","event":"e","messageId":"same"}"#;
-            request(
-                addr,
-                "POST",
-                "/v1/track",
-                &[("Content-Type", "application/json"), ("X-Write-Key", SECRET)],
-                body.as_bytes(),
-            )
-            .await
-            .status
+            post_status(addr, "/v1/track", SECRET, body).await
         }));
     }
     for t in tasks {
@@ -434,15 +426,7 @@ async fn a_failed_publish_releases_the_id_so_the_retry_goes_through() {
         let addr = s.addr;
         tokio::spawn(async move {
             let body = r#"{"userId":"u","event":"e","messageId":"racing"}"#;
-            request(
-                addr,
-                "POST",
-                "/v1/track",
-                &[("Content-Type", "application/json"), ("X-Write-Key", SECRET)],
-                body.as_bytes(),
-            )
-            .await
-            .status
+            post_status(addr, "/v1/track", SECRET, body).await
         })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -466,15 +466,7 @@ async fn events_answered_2xx_survive_a_restart() {
             let addr = s.addr;
             tasks.push(tokio::spawn(async move {
                 let body = format!(r#"{{"batch":[{{"type":"track","userId":"u","event":"e","messageId":"{id}"}}]}}"#);
-                request(
-                    addr,
-                    "POST",
-                    "/v1/batch",
-                    &[("Content-Type", "application/json"), ("X-Write-Key", KEY)],
-                    body.as_bytes(),
-                )
-                .await
-                .status
+                post_status(addr, "/v1/batch", KEY, &body).await
             }));
         }
         for t in tasks {

@@ -260,3 +260,11 @@ pub fn basic(key: &str) -> String {
     use base64::Engine;
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{key}:")))
 }
+
+/// POSTs JSON with a write key on a fresh connection and returns the status (for spawned
+/// concurrent requests, which cannot borrow a `TestServer`).
+pub async fn post_status(addr: SocketAddr, path: &str, key: &str, body: &str) -> u16 {
+    request(addr, "POST", path, &[("Content-Type", "application/json"), ("X-Write-Key", key)], body.as_bytes())
+        .await
+        .status
+}
