@@ -54,7 +54,7 @@ use std::sync::Arc;
 use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::{DecodePaddingMode, Engine as _};
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -1208,30 +1208,8 @@ impl Consent {
     }
 }
 
-/// A JSON object key or string, borrowed from the input when it has no escapes.
-struct JsonStr<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for JsonStr<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = JsonStr<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(JsonStr(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(JsonStr(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(JsonStr(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
+// A JSON object key or string, borrowed from the input when it has no escapes (decode's).
+use crate::decode::Str as JsonStr;
 
 /// The members of a JSON object in order, values unparsed.
 struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);

@@ -263,7 +263,7 @@ pub fn inflate_capped(compressed: &[u8], cap: usize) -> Result<Vec<u8>, DecodeEr
 
 /// A string borrowed from the body when it has no escapes, owned otherwise.
 #[derive(Debug)]
-struct Str<'a>(Cow<'a, str>);
+pub(crate) struct Str<'a>(pub(crate) Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for Str<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -699,12 +699,9 @@ pub fn normalise(ev: &RawEvent<'_>, cx: &RequestContext<'_>) -> Result<Normalise
         memchr::memmem::find(c.as_bytes(), quoted).is_some() && object_members(c).any(|(k, v)| k == name && v != "null")
     };
     let context_has_ip = context.is_some_and(|c| has_member(c, b"\"ip\"", "ip"));
-    let consent_raw = match context {
-        Some(c) if has_member(c, b"\"consent\"", "consent") => {
-            object_members(c).find(|(k, v)| *k == "consent" && *v != "null").map(|(_, v)| v)
-        }
-        _ => None,
-    };
+    let consent_raw = context
+        .filter(|c| memchr::memmem::find(c.as_bytes(), b"\"consent\"").is_some())
+        .and_then(|c| object_members(c).find(|(k, v)| *k == "consent" && *v != "null").map(|(_, v)| v));
     let consent = match consent_raw {
         Some(raw) => Some(
             crate::consent::parse_consent(raw, &cx.consent.mapping)

@@ -268,3 +268,13 @@ pub async fn post_status(addr: SocketAddr, path: &str, key: &str, body: &str) ->
         .await
         .status
 }
+
+/// `(index, code)` of each entry of a batch answer's `errors`.
+pub fn error_codes(j: &serde_json::Value) -> Vec<(u64, String)> {
+    j["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["index"].as_u64().unwrap(), e["code"].as_str().unwrap().to_string()))
+        .collect()
+}
