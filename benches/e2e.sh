@@ -7,6 +7,10 @@
 #   EXTRA_TOML='[rate_limits] …' LABEL=x benches/e2e.sh   # appended to the gateway config
 #   SOURCE_TOML='dedup = false' benches/e2e.sh              # added to the bench source
 #   UNIQUE_IDS=1 benches/e2e.sh      # every event gets a fresh client messageId (dedup on the path)
+#   GATEWAY_BIN=/tmp/gateway-b LABEL=b benches/e2e.sh   # another build of the gateway (A/B runs)
+#   PERF=1 benches/e2e.sh            # also `perf record` the gateway during the load
+#                                    # (bench-results/perf-<scenario>.data; needs linux-perf);
+#                                    # PERF_ARGS='--call-graph dwarf -F 300' for call stacks
 #
 # Scenarios: batch64 (100-event batches of ≈600 B events, 64 connections), track64 and
 # track512 (single /v1/track calls, 64 and 512 connections). For each run it starts fresh
@@ -24,6 +28,8 @@ LABEL="${LABEL:-$SINK}"
 EXTRA_TOML="${EXTRA_TOML:-}"
 SOURCE_TOML="${SOURCE_TOML:-}"
 UNIQUE_IDS="${UNIQUE_IDS:-0}"
+PERF="${PERF:-}"
+GATEWAY_BIN="${GATEWAY_BIN:-target/release/gateway}"
 OUT="$REPO/bench-results"
 mkdir -p "$OUT"
 WORK="$(mktemp -d)"
@@ -36,7 +42,7 @@ cleanup() {
 trap cleanup EXIT
 
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
-cargo build --release -q -p gateway
+[ "$GATEWAY_BIN" = target/release/gateway ] && cargo build --release -q -p gateway
 cargo run --release -q -p gateway-benches --example gen_payloads "$WORK/payloads" >&2
 
 cat >"$WORK/post.lua" <<'LUA'
@@ -111,7 +117,7 @@ keys = [{ key = "bench-key" }]
 EOF
   # Fresh state per run: usage counts and the dedup snapshot must not carry over.
   rm -rf "$WORK/state"
-  GATEWAY_DATA_DIR="$WORK/state" target/release/gateway --config "$WORK/gateway.toml" 2>"$WORK/gateway.log" &
+  GATEWAY_DATA_DIR="$WORK/state" "$GATEWAY_BIN" --config "$WORK/gateway.toml" 2>"$WORK/gateway.log" &
   local gw=$!
   PIDS+=("$gw")
   for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$port/ready" >/dev/null 2>&1 && break; sleep 0.05; done
@@ -120,10 +126,15 @@ EOF
   BODY_FILE="$body" wrk -t2 -c"$conns" -d2s -s "$WORK/post.lua" "http://127.0.0.1:$port$path" >/dev/null
   local g0 b0=0 g1 b1=0
   g0="$(cpu_ticks "$gw")"; [ -n "$broker_pid" ] && b0="$(cpu_ticks "$broker_pid")"
-  local wrk_out="$WORK/wrk.txt"
+  local wrk_out="$WORK/wrk.txt" perf_pid=""
+  if [ -n "$PERF" ]; then
+    perf record -q -e cpu-clock ${PERF_ARGS:--F 1999} -p "$gw" -o "$OUT/perf-$scenario.data" -- sleep "$DURATION" 2>/dev/null &
+    perf_pid=$!
+  fi
   /usr/bin/time -f "%U %S" -o "$WORK/wrk.time" env BODY_FILE="$body" UNIQUE_IDS="$UNIQUE_IDS" \
     wrk -t2 -c"$conns" -d"${DURATION}s" --latency -s "$WORK/post.lua" "http://127.0.0.1:$port$path" >"$wrk_out"
   g1="$(cpu_ticks "$gw")"; [ -n "$broker_pid" ] && b1="$(cpu_ticks "$broker_pid")"
+  [ -n "$perf_pid" ] && wait "$perf_pid" 2>/dev/null || true
   local hz; hz="$(getconf CLK_TCK)"
   python3 - "$wrk_out" "$WORK/wrk.time" "$per_req" "$g0" "$g1" "$b0" "$b1" "$hz" "$scenario" "$LABEL" "$OUT/e2e.tsv" <<'PY'
 import re, sys, time

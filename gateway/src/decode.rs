@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::{BodyExt, Limited};
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -455,9 +455,16 @@ pub struct Batch<'a> {
     write_key: Option<&'a RawValue>,
 }
 
-impl<'de> Deserialize<'de> for Batch<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
+/// Reads a batch body; `capacity` is a guess at the number of events, so that the event list
+/// is allocated once instead of doubling (and copying) its way up.
+struct BatchSeed {
+    capacity: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for BatchSeed {
+    type Value = Batch<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Batch<'de>, D::Error> {
+        struct V(usize);
         impl<'de> Visitor<'de> for V {
             type Value = Batch<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -469,7 +476,7 @@ impl<'de> Deserialize<'de> for Batch<'de> {
                 let mut write_key = None;
                 while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
                     match &*key {
-                        "batch" => events = Some(map.next_value::<Vec<BatchItem<'de>>>()?),
+                        "batch" => events = Some(map.next_value_seed(Items { capacity: self.0 })?),
                         "sentAt" => sent_at = Some(map.next_value()?),
                         "writeKey" => write_key = Some(map.next_value()?),
                         _ => {
@@ -481,9 +488,38 @@ impl<'de> Deserialize<'de> for Batch<'de> {
                 Ok(Batch { events, sent_at, write_key })
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V(self.capacity))
     }
 }
+
+/// The `batch` array, into a list allocated with the guessed capacity.
+struct Items {
+    capacity: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Items {
+    type Value = Vec<BatchItem<'de>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        struct V(usize);
+        impl<'de> Visitor<'de> for V {
+            type Value = Vec<BatchItem<'de>>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array of events")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::with_capacity(self.0);
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(items)
+            }
+        }
+        d.deserialize_seq(V(self.capacity))
+    }
+}
+
+/// Events are rarely smaller than this many bytes of a batch body; the guess errs high.
+const MIN_EVENT_BYTES_GUESS: usize = 384;
 
 impl<'a> Body<'a> {
     /// The body's `writeKey`, the last place a key is looked for.
@@ -531,7 +567,10 @@ pub fn parse_body<'a>(body: &'a [u8], batch: bool, limits: &Limits) -> Result<Bo
         return Err(DecodeError::InvalidBody("the request body is empty"));
     }
     if batch {
-        let b: Batch<'a> = serde_json::from_str(text).map_err(|e| match e.classify() {
+        let capacity = (body.len() / MIN_EVENT_BYTES_GUESS + 1).min(limits.max_batch_events);
+        let mut de = serde_json::Deserializer::from_str(text);
+        let b = BatchSeed { capacity }.deserialize(&mut de).and_then(|b| de.end().map(|()| b));
+        let b: Batch<'a> = b.map_err(|e| match e.classify() {
             serde_json::error::Category::Data => {
                 DecodeError::InvalidBody("a batch body must be a JSON object with a 'batch' array")
             }
@@ -716,7 +755,7 @@ pub fn normalise(ev: &RawEvent<'_>, cx: &RequestContext<'_>) -> Result<Normalise
         Some(m) => (m.to_string(), false),
         None => (uuid::Uuid::new_v4().to_string(), true),
     };
-    let mut out = Vec::with_capacity(ev_len_hint(ev) + 256);
+    let mut out = Vec::with_capacity(out_len_hint(ev, cx));
     out.extend_from_slice(b"{\"type\":\"");
     out.extend_from_slice(event_type.as_str().as_bytes());
     out.extend_from_slice(b"\",\"messageId\":");
@@ -843,8 +882,10 @@ fn write_context_rewritten(
     Ok(())
 }
 
-fn ev_len_hint(ev: &RawEvent<'_>) -> usize {
-    ev.rest.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum::<usize>() + ev.context.map_or(0, |c| c.get().len())
+/// The normalised event's size, so that its buffer is allocated once: the members as sent,
+/// plus what the gateway adds (messageId, sourceId, context.ip, timestamp, receivedAt).
+fn out_len_hint(ev: &RawEvent<'_>, cx: &RequestContext<'_>) -> usize {
+    ev.size + 224 + cx.source_id.len() + cx.client_ip.len()
 }
 
 /// `,"name":<raw json>` — `name` is a key from the body or one of ours; keys from the body are

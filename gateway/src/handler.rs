@@ -158,8 +158,9 @@ impl AppState {
         let old = self.runtime();
         if new.server.listen != old.config.server.listen
             || new.server.max_connections != old.config.server.max_connections
+            || new.server.worker_threads != old.config.server.worker_threads
         {
-            tracing::warn!("server.listen and server.max_connections only change on restart");
+            tracing::warn!("server.listen, server.max_connections and server.worker_threads only change on restart");
         }
         if std::mem::discriminant(&new.sink) != std::mem::discriminant(&old.config.sink) {
             return Err("sink.kind cannot change on reload; restart the gateway".into());

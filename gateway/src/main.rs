@@ -78,9 +78,15 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config, path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = config.worker_threads(cpus);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(async move {
-        tracing::info!(config = %config.summary(), "effective configuration");
+        tracing::info!(config = %config.summary(), workers, cpus, "effective configuration");
         let publisher: Arc<dyn Publisher> = match &config.sink {
             SinkConfig::LocalLog { data_dir, segment_max_bytes, fsync } => Arc::new(
                 LocalLog::open(data_dir, *segment_max_bytes, *fsync)
