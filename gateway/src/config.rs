@@ -211,7 +211,7 @@ pub struct RawLocalLog {
 ///
 /// The producer gets these librdkafka properties unless `[kafka.producer]` sets them:
 /// `acks = all`, `enable.idempotence = true`, `compression.type = lz4`, `linger.ms = 5`,
-/// `queue.buffering.max.messages = 500000`, `queue.buffering.max.kbytes = 262144` (a bounded
+/// `batch.size = 262144` (at most `kafka.max_message_bytes`), `queue.buffering.max.messages = 500000`, `queue.buffering.max.kbytes = 262144` (a bounded
 /// local queue: when it is full requests get 503 at once instead of waiting),
 /// `reconnect.backoff.max.ms = 1000` (reconnect within a second after an outage) and
 /// `client.id = segment-gateway`; plus `bootstrap.servers`, `message.timeout.ms` and
@@ -395,8 +395,11 @@ fn default_kafka_max_message_bytes() -> usize {
 fn default_kafka_record_key() -> String {
     "user_or_anonymous_id".into()
 }
+/// Our default `batch.size` (see [`default_kafka_producer`]).
+const DEFAULT_BATCH_BYTES: usize = 262_144;
+
 /// The producer properties we set unless `[kafka.producer]` does (see [`RawKafka`]).
-fn default_kafka_producer() -> [(&'static str, &'static str); 9] {
+fn default_kafka_producer() -> [(&'static str, &'static str); 10] {
     [
         // librdkafka's statistics feed the gateway_kafka_* gauges of /metrics.
         ("statistics.interval.ms", "5000"),
@@ -404,6 +407,11 @@ fn default_kafka_producer() -> [(&'static str, &'static str); 9] {
         ("enable.idempotence", "true"),
         ("compression.type", "lz4"),
         ("linger.ms", "5"),
+        // Under load a partition's batch is sent once it holds 256 KiB instead of librdkafka's
+        // 1 MB: batches then fill (and leave) before linger.ms, and the copy + lz4 pass over a
+        // batch stays within a core's 1 MiB L2. benches/e2e.sh, 100-event requests, 3 rounds:
+        // median 600,674 vs 519,142 events/s, 2.26 vs 2.66 µs gateway CPU per event.
+        ("batch.size", "262144"),
         ("queue.buffering.max.messages", "500000"),
         ("queue.buffering.max.kbytes", "262144"),
         ("reconnect.backoff.max.ms", "1000"),
@@ -743,6 +751,11 @@ impl RawKafka {
         properties.insert("bootstrap.servers".into(), brokers.clone());
         properties.insert("message.timeout.ms".into(), message_timeout_ms.to_string());
         properties.insert("message.max.bytes".into(), max_message_bytes.to_string());
+        // librdkafka refuses a batch.size above message.max.bytes: our default yields to a
+        // smaller kafka.max_message_bytes (a value the operator set is left to librdkafka).
+        if !spelled.contains_key("batch.size") {
+            properties.insert("batch.size".into(), DEFAULT_BATCH_BYTES.min(max_message_bytes).to_string());
+        }
         KafkaConfig { brokers, message_timeout_ms, max_message_bytes, record_key, properties }
     }
 }
@@ -1401,6 +1414,12 @@ mod tests {
         assert_eq!(p("compression.type"), Some("snappy"));
         assert_eq!(p("compression.codec"), None);
         assert_eq!(p("socket.keepalive.enable"), Some("true"));
+        assert_eq!(p("batch.size"), Some("262144"));
+        // Our batch.size yields to a smaller message limit; an operator's value is kept.
+        let small = kafka("[kafka]\nbrokers = \"b:9092\"\nmax_message_bytes = 100000\n").unwrap();
+        assert_eq!(small.properties.get("batch.size").map(String::as_str), Some("100000"));
+        let set = kafka("[kafka]\nbrokers = \"b:9092\"\n[kafka.producer]\n\"batch.size\" = 65536\n").unwrap();
+        assert_eq!(set.properties.get("batch.size").map(String::as_str), Some("65536"));
     }
 
     #[test]
