@@ -6,6 +6,7 @@
 #   SCENARIOS="batch64" DURATION=10 RUNS=3 benches/e2e.sh
 #   EXTRA_TOML='[rate_limits] …' LABEL=x benches/e2e.sh   # appended to the gateway config
 #   SOURCE_TOML='dedup = false' benches/e2e.sh              # added to the bench source
+#   SERVER_TOML='worker_threads = 2' benches/e2e.sh         # added to [server]
 #   UNIQUE_IDS=1 benches/e2e.sh      # every event gets a fresh client messageId (dedup on the path)
 #   GATEWAY_BIN=/tmp/gateway-b LABEL=b benches/e2e.sh   # another build of the gateway (A/B runs)
 #   PERF=1 benches/e2e.sh            # also `perf record` the gateway during the load
@@ -27,6 +28,7 @@ RUNS="${RUNS:-1}"
 LABEL="${LABEL:-$SINK}"
 EXTRA_TOML="${EXTRA_TOML:-}"
 SOURCE_TOML="${SOURCE_TOML:-}"
+SERVER_TOML="${SERVER_TOML:-}"
 UNIQUE_IDS="${UNIQUE_IDS:-0}"
 PERF="${PERF:-}"
 GATEWAY_BIN="${GATEWAY_BIN:-target/release/gateway}"
@@ -107,6 +109,7 @@ kind = \"local_log\""
   cat >"$WORK/gateway.toml" <<EOF
 [server]
 listen = "127.0.0.1:$port"
+$SERVER_TOML
 [log]
 level = "warn"
 $sink_toml
