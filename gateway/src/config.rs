@@ -211,7 +211,8 @@ pub struct RawLocalLog {
 ///
 /// The producer gets these librdkafka properties unless `[kafka.producer]` sets them:
 /// `acks = all`, `enable.idempotence = true`, `compression.type = lz4`, `linger.ms = 5`,
-/// `batch.size = 262144` (at most `kafka.max_message_bytes`), `queue.buffering.max.messages = 500000`, `queue.buffering.max.kbytes = 262144` (a bounded
+/// `batch.size = 262144` (at most `kafka.max_message_bytes`),
+/// `queue.buffering.max.messages = 500000`, `queue.buffering.max.kbytes = 262144` (a bounded
 /// local queue: when it is full requests get 503 at once instead of waiting),
 /// `reconnect.backoff.max.ms = 1000` (reconnect within a second after an outage) and
 /// `client.id = segment-gateway`; plus `bootstrap.servers`, `message.timeout.ms` and
@@ -395,11 +396,15 @@ fn default_kafka_max_message_bytes() -> usize {
 fn default_kafka_record_key() -> String {
     "user_or_anonymous_id".into()
 }
-/// Our default `batch.size` (see [`default_kafka_producer`]).
+/// Our default `batch.size`, set after the other defaults because it may not exceed
+/// `message.max.bytes`. Under load a partition's batch is sent once it holds 256 KiB instead of
+/// librdkafka's 1 MB: batches then fill (and leave) before linger.ms, and the copy + lz4 pass
+/// over a batch stays within a core's 1 MiB L2. benches/e2e.sh, 100-event requests, 3 rounds:
+/// median 600,674 vs 519,142 events/s, 2.26 vs 2.66 µs gateway CPU per event.
 const DEFAULT_BATCH_BYTES: usize = 262_144;
 
 /// The producer properties we set unless `[kafka.producer]` does (see [`RawKafka`]).
-fn default_kafka_producer() -> [(&'static str, &'static str); 10] {
+fn default_kafka_producer() -> [(&'static str, &'static str); 9] {
     [
         // librdkafka's statistics feed the gateway_kafka_* gauges of /metrics.
         ("statistics.interval.ms", "5000"),
@@ -407,11 +412,6 @@ fn default_kafka_producer() -> [(&'static str, &'static str); 10] {
         ("enable.idempotence", "true"),
         ("compression.type", "lz4"),
         ("linger.ms", "5"),
-        // Under load a partition's batch is sent once it holds 256 KiB instead of librdkafka's
-        // 1 MB: batches then fill (and leave) before linger.ms, and the copy + lz4 pass over a
-        // batch stays within a core's 1 MiB L2. benches/e2e.sh, 100-event requests, 3 rounds:
-        // median 600,674 vs 519,142 events/s, 2.26 vs 2.66 µs gateway CPU per event.
-        ("batch.size", "262144"),
         ("queue.buffering.max.messages", "500000"),
         ("queue.buffering.max.kbytes", "262144"),
         ("reconnect.backoff.max.ms", "1000"),
@@ -751,8 +751,8 @@ impl RawKafka {
         properties.insert("bootstrap.servers".into(), brokers.clone());
         properties.insert("message.timeout.ms".into(), message_timeout_ms.to_string());
         properties.insert("message.max.bytes".into(), max_message_bytes.to_string());
-        // librdkafka refuses a batch.size above message.max.bytes: our default yields to a
-        // smaller kafka.max_message_bytes (a value the operator set is left to librdkafka).
+        // Our batch.size yields to a smaller kafka.max_message_bytes (a value the operator set
+        // is left to librdkafka to judge).
         if !spelled.contains_key("batch.size") {
             properties.insert("batch.size".into(), DEFAULT_BATCH_BYTES.min(max_message_bytes).to_string());
         }
@@ -1241,7 +1241,6 @@ impl RawConfig {
 }
 
 impl Config {
-    /// The effective configuration as a log-safe summary (keys redacted).
     /// The request threads to start on a machine with `cpus` CPUs (see `server.worker_threads`).
     pub fn worker_threads(&self, cpus: usize) -> usize {
         self.server.worker_threads.unwrap_or(match self.sink {
@@ -1250,6 +1249,7 @@ impl Config {
         })
     }
 
+    /// The effective configuration as a log-safe summary (keys redacted).
     pub fn summary(&self) -> String {
         let sink = match &self.sink {
             SinkConfig::LocalLog { data_dir, segment_max_bytes, fsync } => format!(
