@@ -75,6 +75,11 @@ impl Access {
         self.limiter.check(&key.id, &key.rate_limits, ip, per_ip, self.clock.now())
     }
 
+    /// Counts a request whose key is missing or unknown against the client IP's window only.
+    pub fn check_ip(&self, ip: IpAddr, per_ip: Option<&IpLimit>) -> Decision {
+        self.limiter.check_ip(ip, per_ip, self.clock.now())
+    }
+
     /// Drops limiter state that is fully replenished.
     pub fn sweep(&self) -> ratelimit::Swept {
         self.limiter.sweep(self.clock.now())

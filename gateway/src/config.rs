@@ -16,6 +16,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::client_ip::{ClientIpRule, ForwardedHeader};
 use crate::consent::ConsentPolicy;
 use crate::decode::EventType;
 use crate::ratelimit::{IpLimit, KeyLimits};
@@ -134,9 +135,14 @@ pub struct RawServer {
     /// Address the public listener binds (`GATEWAY_LISTEN` / `--listen` override it).
     #[serde(default = "default_listen")]
     pub listen: String,
-    /// Peers whose `X-Forwarded-For` is believed (IPs or CIDRs). Empty: never believed.
+    /// Proxies whose forwarding header is believed (IPs or CIDRs), as the peer and as hops
+    /// of the chain. Empty: never believed; the peer is the client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// The header those proxies write: `x-forwarded-for` (default) or `forwarded` (RFC 7239).
+    /// Only that one is read.
+    #[serde(default)]
+    pub forwarded_header: ForwardedHeader,
     /// Concurrent connections; the accept loop waits when the cap is reached.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -471,6 +477,7 @@ impl Default for RawServer {
         Self {
             listen: default_listen(),
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::default(),
             max_connections: default_max_connections(),
             header_read_timeout_ms: default_header_read_timeout_ms(),
             max_header_bytes: default_max_header_bytes(),
@@ -556,7 +563,8 @@ pub struct DedupSettings {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
-    pub trusted_proxies: Vec<IpNet>,
+    /// Trusted proxies and their header: how the client address is found.
+    pub client_ip: ClientIpRule,
     pub max_connections: usize,
     pub header_read_timeout_ms: u64,
     pub max_header_bytes: usize,
@@ -1211,7 +1219,7 @@ impl RawConfig {
         Ok(Config {
             server: ServerConfig {
                 listen,
-                trusted_proxies,
+                client_ip: ClientIpRule { trusted: trusted_proxies, header: self.server.forwarded_header },
                 max_connections: self.server.max_connections,
                 header_read_timeout_ms: self.server.header_read_timeout_ms,
                 max_header_bytes: self.server.max_header_bytes,

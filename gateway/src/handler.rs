@@ -16,14 +16,13 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{HeaderMap, Request, Response, StatusCode};
-use ipnet::IpNet;
 
 use crate::access::{self, Access, AccessError};
 use crate::auth::{self, AuthError, Credential, KeyTable};
 use crate::config::{Config, Source};
 use crate::decode::{self, Body as Payload, EventType, RequestContext};
 use crate::dedup::{self, Dedup, Verdict};
-use crate::metrics::Metrics;
+use crate::metrics::{LogSampler, Metrics};
 use crate::publish::{OutEvent, PublishError, Publisher};
 use crate::quota::EventCounts;
 use crate::ratelimit::{self, Decision};
@@ -192,6 +191,9 @@ fn load_dedup(config: &Config, clock: Arc<dyn dedup::Clock>) -> Result<Dedup, St
     }
 }
 
+/// Sampling of the log line for events the contract checker could not read.
+static CHECK_FAILED_LOG: LogSampler = LogSampler::new();
+
 /// What the response needs beyond the outcome: the rate-limit standing of the key.
 #[derive(Default)]
 struct Meta {
@@ -205,9 +207,18 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let mut meta = Meta::default();
-    let mut response = match ingest_inner(state, route, req, peer, &mut meta).await {
+    let rt = state.runtime();
+    let ip = rt.config.server.client_ip.resolve(req.headers(), peer);
+    let mut response = match ingest_inner(state, &rt, route, req, ip, &mut meta).await {
         Ok(r) => r,
         Err(e) => {
+            // A request without a usable key is still a request from its IP: count it against
+            // the per-IP window, so floods of bad keys are limited too (and a limited client
+            // learns it with 429 instead of probing keys at full speed).
+            let e = match e {
+                Error::Auth(auth) => keyless_rate(state, &rt, ip, &mut meta).map_or_else(|r| r, |()| Error::Auth(auth)),
+                e => e,
+            };
             if e.status().is_server_error() {
                 tracing::warn!(route = route.name, code = e.code(), error = %e, "request failed");
             } else {
@@ -227,6 +238,17 @@ fn add_rate_headers(headers: &mut HeaderMap, rate: &Decision) {
     rate.for_each_header(|name, value| {
         headers.insert(name, HeaderValue::from(value));
     });
+}
+
+/// The per-IP window of a request whose key did not resolve: `Err` with the 429 to answer.
+fn keyless_rate(state: &AppState, rt: &Runtime, ip: IpAddr, meta: &mut Meta) -> Result<(), Error> {
+    let decision = state.access.check_ip(ip, rt.config.per_ip_limit.as_ref());
+    let result = decision.result();
+    if result.is_err() {
+        state.metrics.rate_limited.with_label_values(&["unknown", "ip"]).inc();
+    }
+    meta.rate = Some(decision);
+    result.map_err(|e| Error::Access(AccessError::RateLimited(e)))
 }
 
 /// Origin and request-rate checks of a resolved key; the decision is kept for the headers.
@@ -259,9 +281,10 @@ struct Candidate {
 
 async fn ingest_inner<B>(
     state: &AppState,
+    rt: &Runtime,
     route: IngestRoute,
     req: Request<B>,
-    peer: SocketAddr,
+    ip: IpAddr,
     meta: &mut Meta,
 ) -> Result<Response<Body>, Error>
 where
@@ -269,10 +292,8 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let (parts, body) = req.into_parts();
-    let rt = state.runtime();
     let limits = &rt.config.limits;
     let origin = parts.headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok());
-    let ip = client_ip(&parts.headers, peer, &rt.config.server.trusted_proxies);
 
     // A key in the head is checked (and rate-limited) before a byte of the body is read.
     let head_cred = match auth::key_from_head(&parts)? {
@@ -280,7 +301,7 @@ where
         None => None,
     };
     if let Some(cred) = &head_cred {
-        admit(state, &rt, cred, origin, ip, meta)?;
+        admit(state, rt, cred, origin, ip, meta)?;
     }
     let encoding = decode::check_headers(&parts.headers, limits)?;
     let timeout = Duration::from_millis(rt.config.server.body_read_timeout_ms);
@@ -294,7 +315,7 @@ where
         None => {
             let key = payload.write_key().ok_or(AuthError::Missing)?;
             let cred = rt.keys.resolve(&key)?;
-            admit(state, &rt, &cred, origin, ip, meta)?;
+            admit(state, rt, &cred, origin, ip, meta)?;
             cred
         }
     };
@@ -351,22 +372,34 @@ where
                 Ok(ContractVerdict::Publish { payload, violations }) => {
                     let action = if payload.is_some() { "omitted" } else { "allowed" };
                     state.metrics.contract_violations.with_label_values(&[&source.id, action]).inc();
-                    aux.push(violation_event(&rt, &source, &n, &violations, false));
+                    aux.push(violation_event(rt, &source, &n, &violations, false));
                     if let Some(p) = payload {
                         n.payload = p;
                     }
                 }
                 Ok(ContractVerdict::Block { violations }) => {
                     state.metrics.contract_violations.with_label_values(&[&source.id, "blocked"]).inc();
-                    aux.push(violation_event(&rt, &source, &n, &violations, true));
+                    aux.push(violation_event(rt, &source, &n, &violations, true));
                     let msg = violation_summary(&violations);
                     return outcome.reject_with_violations(index, n.event_type, msg, violations);
                 }
-                // The event is one decode wrote: a failure here is our bug, not the client's.
-                // Publishing unchecked beats losing the event; the error is logged and counted.
+                // Decode only forwards what the checker can read, so this should not happen; if
+                // it does, the plan's promise wins: an event that could not be checked is not
+                // published (fail closed). Counted per event, logged at most once a second —
+                // a client that found such an input must not be able to flood the log.
                 Err(e) => {
-                    tracing::error!(code = e.code(), error = %e, "contract check failed; publishing unchecked");
                     state.metrics.contract_violations.with_label_values(&[&source.id, "check_failed"]).inc();
+                    if let Some(suppressed) = CHECK_FAILED_LOG.admit() {
+                        tracing::error!(code = e.code(), error = %e, suppressed, "contract check failed; event rejected");
+                    }
+                    let msg = format!("the event could not be checked against its tracking plan: {e}");
+                    return outcome.reject(
+                        index,
+                        Some(n.event_type),
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "contract_check_failed",
+                        msg,
+                    );
                 }
             }
         }
@@ -627,41 +660,5 @@ where
     match result {
         Ok(()) => respond::ok(false),
         Err(e) => respond::error(&Error::Decode(e)),
-    }
-}
-
-/// The client's address: the peer, or the left-most `X-Forwarded-For` entry when the peer is a
-/// trusted proxy.
-pub fn client_ip(headers: &HeaderMap, peer: SocketAddr, trusted: &[IpNet]) -> IpAddr {
-    let peer_ip = peer.ip().to_canonical();
-    if trusted.iter().any(|n| n.contains(&peer_ip)) {
-        let forwarded = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|first| first.trim().parse::<IpAddr>().ok());
-        if let Some(ip) = forwarded {
-            return ip;
-        }
-    }
-    peer_ip
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn forwarded_for_only_from_trusted_proxies() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", "198.51.100.7, 10.0.0.2".parse().unwrap());
-        let proxy: SocketAddr = "10.0.0.2:5000".parse().unwrap();
-        let trusted = vec!["10.0.0.0/8".parse::<IpNet>().unwrap()];
-        assert_eq!(client_ip(&h, proxy, &trusted).to_string(), "198.51.100.7");
-        assert_eq!(client_ip(&h, proxy, &[]).to_string(), "10.0.0.2");
-        let stranger: SocketAddr = "192.0.2.1:5000".parse().unwrap();
-        assert_eq!(client_ip(&h, stranger, &trusted).to_string(), "192.0.2.1");
-        h.insert("x-forwarded-for", "garbage".parse().unwrap());
-        assert_eq!(client_ip(&h, proxy, &trusted).to_string(), "10.0.0.2");
     }
 }

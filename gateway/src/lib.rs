@@ -5,7 +5,7 @@
 //! - [`server`]: accept loop, connection cap, hyper limits, drain.
 //! - [`router`]: (method, path) → handler, plus `/health`, `/ready`, `/metrics`.
 //! - [`handler`]: calls the stages in order; no stage logic of its own.
-//! - [`auth`]: write key → source.
+//! - [`auth`]: write key → source; [`client_ip`]: the client address behind trusted proxies.
 //! - [`access`]: what a key may do: origins, call types, rate limits, quotas, usage counts.
 //! - [`decode`]: body caps, gzip, typed parse, per-event checks, normalisation.
 //! - [`publish`]: the [`publish::Publisher`] trait and its sinks (local log, memory).
@@ -24,6 +24,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod client_ip;
 pub mod config;
 pub mod consent;
 pub mod decode;

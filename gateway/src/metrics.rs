@@ -6,13 +6,51 @@
 //! Must not: hold business rules; stages only call the `record_*`/`inc` helpers.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::publish::SinkStats;
+
+/// Lets one log line through per second for a kind of event a client can cause at will, and
+/// counts the ones held back (reported with the next line that gets through). The metric
+/// counts every occurrence; the log only shows that it happens.
+pub struct LogSampler {
+    /// Second (Unix time) of the last line let through.
+    last_s: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogSampler {
+    pub const fn new() -> LogSampler {
+        LogSampler { last_s: AtomicU64::new(0), suppressed: AtomicU64::new(0) }
+    }
+
+    /// `Some(held back since the last line)` when this occurrence may be logged.
+    pub fn admit(&self) -> Option<u64> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.admit_at(now)
+    }
+
+    fn admit_at(&self, now_s: u64) -> Option<u64> {
+        let last = self.last_s.load(Ordering::Relaxed);
+        if now_s > last && self.last_s.compare_exchange(last, now_s, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+impl Default for LogSampler {
+    fn default() -> Self {
+        LogSampler::new()
+    }
+}
 
 /// Every metric, registered in one registry.
 #[derive(Clone)]
@@ -254,5 +292,16 @@ mod tests {
         let text = String::from_utf8(m.encode()).unwrap();
         assert!(text.contains("gateway_http_requests_total{route=\"track\",status=\"200\"} 1"), "{text}");
         assert!(text.contains("gateway_events_accepted_total{source_id=\"demo\",type=\"track\"} 3"), "{text}");
+    }
+
+    #[test]
+    fn log_sampler_lets_one_line_a_second_through() {
+        let s = LogSampler::new();
+        assert_eq!(s.admit_at(100), Some(0));
+        for _ in 0..1000 {
+            assert_eq!(s.admit_at(100), None);
+        }
+        assert_eq!(s.admit_at(101), Some(1000));
+        assert_eq!(s.admit_at(101), None);
     }
 }

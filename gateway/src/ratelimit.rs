@@ -544,8 +544,18 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
     /// Decides one request of `key` from `ip` at `now`, and charges every window only when all
     /// of them allow it. `ip_limit: None` disables the per-IP window.
     pub fn check(&self, key: &K, limits: &KeyLimits, ip: IpAddr, ip_limit: Option<&IpLimit>, now: Nanos) -> Decision {
-        let short = limits.short.as_ref().map(Gcra::new);
-        let medium = limits.medium.as_ref().map(Gcra::new);
+        self.decide(Some((key, limits)), ip, ip_limit, now)
+    }
+
+    /// Decides a request that has no (valid) key — a missing or unknown write key — against the
+    /// client IP's window only, so that floods of bad keys are limited like any other traffic.
+    pub fn check_ip(&self, ip: IpAddr, ip_limit: Option<&IpLimit>, now: Nanos) -> Decision {
+        self.decide(None, ip, ip_limit, now)
+    }
+
+    fn decide(&self, key: Option<(&K, &KeyLimits)>, ip: IpAddr, ip_limit: Option<&IpLimit>, now: Nanos) -> Decision {
+        let short = key.and_then(|(_, l)| l.short.as_ref()).map(Gcra::new);
+        let medium = key.and_then(|(_, l)| l.medium.as_ref()).map(Gcra::new);
         let per_ip = ip_limit.map(|l| (Gcra::new(&l.window()), ip_bucket(ip, l.ipv6_prefix_len)));
         if short.is_none() && medium.is_none() && per_ip.is_none() {
             return Decision::UNLIMITED;
@@ -553,7 +563,10 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
         let now = now.0;
 
         // Lock order: key entry, then IP entry (see the module doc).
-        let mut key_entry = if short.is_some() || medium.is_some() { Some(self.key_entry(key)) } else { None };
+        let mut key_entry = match key {
+            Some((k, _)) if short.is_some() || medium.is_some() => Some(self.key_entry(k)),
+            _ => None,
+        };
         let tats = key_entry.as_ref().map(|e| *e.value()).unwrap_or_default();
         let v_short = short.map(|g| g.judge(tats[0], now));
         let v_medium = medium.map(|g| g.judge(tats[1], now));
@@ -676,6 +689,20 @@ mod tests {
 
     fn header<'a>(h: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
         h.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn keyless_requests_share_the_ip_window() {
+        let rl = RateLimiter::<u32>::new();
+        let clock = ManualClock::new(Nanos::from_secs(1000));
+        let ip = IpLimit { limit: 2, period_s: 60, ipv6_prefix_len: 64 };
+        assert!(rl.check_ip(IP1, Some(&ip), clock.now()).allowed);
+        assert!(rl.check(&1, &KeyLimits::default(), IP1, Some(&ip), clock.now()).allowed);
+        let refused = rl.check_ip(IP1, Some(&ip), clock.now());
+        assert!(!refused.allowed);
+        assert_eq!(refused.limited_by, Some(WindowKind::Ip));
+        assert!(rl.check_ip(IP2, Some(&ip), clock.now()).allowed);
+        assert_eq!(rl.check_ip(IP1, None, clock.now()), Decision::UNLIMITED);
     }
 
     #[test]

@@ -641,3 +641,94 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+// ---- review defects: client IP behind proxies, keyless floods, unreadable events -------------
+
+/// A server behind one trusted proxy (127.0.0.1, where the test connects from) with a per-IP
+/// limit of 3 a minute, on a manual clock.
+async fn behind_proxy(extra_server: &str) -> (TestServer, Arc<MemoryPublisher>) {
+    let toml = controls_config("", "[rate_limits]\nper_ip = { limit = 3, period_s = 60 }").replace(
+        r#"listen = "127.0.0.1:0""#,
+        &format!("listen = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\"]\n{extra_server}"),
+    );
+    let mem = Arc::new(MemoryPublisher::new());
+    let clock = Arc::new(ManualClock::new(Nanos::from_secs(1_000)));
+    let s = TestServer::start_in(
+        &toml,
+        mem.clone(),
+        tempfile::tempdir().unwrap(),
+        Clocks { rate: clock, ..Clocks::default() },
+    )
+    .await;
+    (s, mem)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_entries_a_client_wrote_pick_neither_its_ip_nor_a_fresh_rate_bucket() {
+    let (s, mem) = behind_proxy("").await;
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let xff = format!("10.9.9.{i}, 198.51.100.77");
+        statuses.push(post(&s, SECRET, "/v1/track", TRACK, &[("X-Forwarded-For", &xff)]).await.status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+    let ips: Vec<Value> = payloads(&mem).iter().map(|p| p["context"]["ip"].clone()).collect();
+    assert_eq!(ips, vec![json!("198.51.100.77"); 3]);
+
+    // RFC 7239 `Forwarded`, when that is the header the proxy writes.
+    let (s, mem) = behind_proxy(r#"forwarded_header = "forwarded""#).await;
+    let fwd = r#"for=10.9.9.1, for="[2001:db8::5]:4711";proto=https"#;
+    assert_eq!(post(&s, SECRET, "/v1/track", TRACK, &[("Forwarded", fwd)]).await.status, 200);
+    assert_eq!(payloads(&mem)[0]["context"]["ip"], "2001:db8::5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_a_valid_key_count_against_the_per_ip_window() {
+    let (s, _mem) = behind_proxy("").await;
+    let from = |ip: &'static str| [("X-Forwarded-For", ip)];
+    post(&s, "no-such-key", "/v1/track", TRACK, &from("198.51.100.1")).await.assert_error(401, "invalid_write_key");
+    let r = s
+        .post(
+            "/v1/track",
+            &[("Content-Type", "application/json"), ("X-Forwarded-For", "198.51.100.1")],
+            TRACK.as_bytes(),
+        )
+        .await;
+    r.assert_error(401, "missing_write_key");
+    post(&s, "no-such-key", "/v1/track", TRACK, &from("198.51.100.1")).await.assert_error(401, "invalid_write_key");
+    // The window is used up: bad keys, and then good ones, from that address are limited.
+    let r = post(&s, "no-such-key", "/v1/track", TRACK, &from("198.51.100.1")).await;
+    r.assert_error(429, "rate_limited");
+    assert!(r.header("retry-after").is_some());
+    post(&s, SECRET, "/v1/track", TRACK, &from("198.51.100.1")).await.assert_error(429, "rate_limited");
+    // Another address is not affected.
+    assert_eq!(post(&s, SECRET, "/v1/track", TRACK, &from("198.51.100.2")).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_the_contract_checker_cannot_read_are_never_published_unchecked() {
+    let toml = contracts_config(r#"unplanned_events = "block", violations = "block""#, PLAN_DIR);
+    let (s, mem) = server(&toml).await;
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let planned = |props: &str| {
+        format!(
+            r#"{{"userId":"u","event":"Order Completed","properties":{{"order_id":"o-1","total":1{props}}},{CTX}}}"#
+        )
+    };
+    for body in [planned(&format!(r#","pad":{deep}"#)), planned(r#","\ud800":1"#), planned(r#","x":"\udc00""#)] {
+        let r = post(&s, SECRET, "/v1/track", &body, &[]).await;
+        assert!((400..500).contains(&r.status), "{} {}", r.status, String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["success"], false);
+    }
+    // In a batch: that event is refused by index, the others go through.
+    let batch = format!(
+        r#"{{"batch":[{},{},{}]}}"#,
+        planned(r#","\ud800":1"#).replacen('{', r#"{"type":"track","#, 1),
+        planned("").replacen('{', r#"{"type":"track","#, 1),
+        planned(&format!(r#","pad":{deep}"#)).replacen('{', r#"{"type":"track","#, 1),
+    );
+    let j = post(&s, SECRET, "/v1/batch", &batch, &[]).await.json();
+    let idx: Vec<u64> = j["errors"].as_array().unwrap().iter().map(|e| e["index"].as_u64().unwrap()).collect();
+    assert_eq!((idx, j["accepted"].as_u64()), (vec![0, 2], Some(1)), "{j}");
+    assert_eq!(published_events(&mem).len(), 1);
+}

@@ -364,7 +364,21 @@ async fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
             TRACK.as_bytes(),
         )
         .await;
-    assert_eq!(trusting.published()[0]["context"]["ip"], "203.0.113.5");
+    // Proxies append on the right: the right-most entry that is not a trusted proxy is the
+    // client, whatever the client wrote to its left.
+    assert_eq!(trusting.published()[0]["context"]["ip"], "10.1.1.1");
+    trusting
+        .post(
+            "/v1/track",
+            &[
+                ("Content-Type", "application/json"),
+                ("X-Write-Key", KEY),
+                ("X-Forwarded-For", "10.1.1.1, 203.0.113.5, 127.0.0.9"),
+            ],
+            TRACK.as_bytes(),
+        )
+        .await;
+    assert_eq!(trusting.published()[1]["context"]["ip"], "203.0.113.5");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
