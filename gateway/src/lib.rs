@@ -23,7 +23,6 @@
 //! only thing that knows HTTP statuses. Only `main` uses `anyhow`.
 
 pub mod access;
-pub mod auth;
 pub mod client_ip;
 pub mod config;
 pub mod consent;
@@ -32,8 +31,6 @@ pub mod dedup;
 pub mod handler;
 pub mod metrics;
 pub mod publish;
-pub mod quota;
-pub mod ratelimit;
 pub mod reload;
 pub mod respond;
 pub mod router;
@@ -48,6 +45,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+pub use access::{auth, quota, ratelimit};
 pub use config::Config;
 pub use handler::AppState;
 pub use publish::Publisher;

@@ -12,8 +12,12 @@ use std::sync::Arc;
 
 use crate::config::{Config, KeyKind, OriginPattern, WriteKey};
 use crate::decode::EventType;
-use crate::quota::Quotas;
-use crate::ratelimit::{self, Decision, IpLimit, RateLimitError, RateLimiter};
+pub mod auth;
+pub mod quota;
+pub mod ratelimit;
+
+use quota::Quotas;
+use ratelimit::{Decision, IpLimit, RateLimitError, RateLimiter};
 
 /// Why a key may not do what it asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
