@@ -35,8 +35,24 @@ fn write_config(dir: &Path, key: &str) -> std::path::PathBuf {
 
 /// Starts the binary and reads its JSON log until it says where it listens.
 fn start(config: &Path) -> (Child, SocketAddr, std::sync::mpsc::Receiver<String>) {
-    let mut child =
-        Command::new(BIN).arg("--config").arg(config).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let (child, addr, _startup, rx) = start_with(config, &[]);
+    (child, addr, rx)
+}
+
+/// [`start`] with extra environment variables, also handing back the log lines up to and
+/// including "listening".
+fn start_with(
+    config: &Path,
+    env: &[(&str, &str)],
+) -> (Child, SocketAddr, Vec<String>, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .envs(env.iter().copied())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -48,13 +64,15 @@ fn start(config: &Path) -> (Child, SocketAddr, std::sync::mpsc::Receiver<String>
         }
     });
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut startup = Vec::new();
     loop {
         let line =
             rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("no 'listening' log line");
         let v: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|_| panic!("log line is not JSON: {line}"));
+        startup.push(line);
         if v["message"] == "listening" {
-            return (child, v["addr"].as_str().unwrap().parse().unwrap(), rx);
+            return (child, v["addr"].as_str().unwrap().parse().unwrap(), startup, rx);
         }
     }
 }
@@ -132,6 +150,132 @@ async fn sigterm_drains_and_exits_zero_with_everything_on_disk() {
     let all: Vec<String> = logs.try_iter().collect();
     assert!(all.iter().any(|l| l.contains("stopped")), "{all:?}");
     assert!(all.iter().all(|l| !l.contains("bin-key")), "{all:?}");
+}
+
+/// One request of [`logs_at_trace_never_carry_a_key_or_a_body`] and the status it must get.
+struct Call {
+    method: &'static str,
+    path: String,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+    status: u16,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_at_trace_never_carry_a_key_or_a_body() {
+    // Distinct, greppable keys of every state, and a marker in every part of a body.
+    const LIVE: &str = "live-key-7f3a9c";
+    const SECRET: &str = "secret-key-4c2e88";
+    const REVOKED: &str = "revoked-key-2b8d41";
+    const UNKNOWN: &str = "unknown-key-90ce17";
+    const CANARY: &str = "body-canary-5e1d";
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    let text = format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        [log]
+        level = "trace"
+        format = "json"
+        [sink]
+        kind = "local_log"
+        [sink.local_log]
+        data_dir = "{}"
+        [[sources]]
+        id = "web"
+        keys = [{{ key = "{LIVE}" }}, {{ key = "{SECRET}", kind = "secret" }}, {{ key = "{REVOKED}", revoked = true }}]
+        "#,
+        dir.path().join("data").display()
+    );
+    std::fs::write(&config, text).unwrap();
+    // RUST_LOG would override the config's level: make it trace too, whatever the caller set.
+    let (mut child, addr, startup, logs) = start_with(&config, &[("RUST_LOG", "trace")]);
+
+    let event = |key: Option<&str>| {
+        let key = key.map(|k| format!(r#","writeKey":"{k}""#)).unwrap_or_default();
+        format!(
+            r#"{{"userId":"{CANARY}-user","event":"{CANARY}-event","properties":{{"p":"{CANARY}-prop"}},"context":{{"c":"{CANARY}-ctx"}}{key}}}"#
+        )
+    };
+    let ev = event(None);
+    let post = |path: &str, headers: Vec<(&'static str, String)>, body: String, status| Call {
+        method: "POST",
+        path: path.into(),
+        headers,
+        body,
+        status,
+    };
+    let usage = |authorization: String, status| Call {
+        method: "GET",
+        path: "/v1/usage".into(),
+        headers: vec![("Authorization", authorization)],
+        body: String::new(),
+        status,
+    };
+    let mut calls = Vec::new();
+    // Every auth form, with a good, an unknown and a revoked key.
+    for (key, status) in [(LIVE, 200), (UNKNOWN, 401), (REVOKED, 401)] {
+        calls.push(post("/v1/track", vec![("X-Write-Key", key.into())], ev.clone(), status));
+        calls.push(post("/v1/track", vec![("Authorization", basic(key))], ev.clone(), status));
+        calls.push(post(&format!("/v1/track?writeKey={key}"), vec![], ev.clone(), status));
+        calls.push(post("/v1/track", vec![], event(Some(key)), status));
+        let batch = format!(r#"{{"writeKey":"{key}","batch":[{}]}}"#, ev.replacen('{', r#"{"type":"track","#, 1));
+        calls.push(post("/v1/batch", vec![], batch, status));
+        calls.push(usage(format!("Bearer {key}"), if status == 200 { 403 } else { 401 }));
+    }
+    calls.push(usage(format!("Bearer {SECRET}"), 200));
+    calls.push(usage(basic(SECRET), 200));
+    // Failures after a good key (a malformed body, invalid events) and a malformed Authorization.
+    let live = || vec![("X-Write-Key", LIVE.to_string())];
+    calls.push(post("/v1/track", live(), format!(r#"{{"userId":"{CANARY}" "#), 400));
+    calls.push(post("/v1/track", live(), format!(r#"{{"event":"{CANARY}"}}"#), 400));
+    calls.push(post("/v1/track", live(), format!(r#"{{"userId":"u","event":"e","timestamp":"{CANARY}"}}"#), 400));
+    calls.push(post("/v1/track", vec![("Authorization", format!("Basic {LIVE}!"))], ev.clone(), 401));
+
+    for c in &calls {
+        let mut headers: Vec<(&str, &str)> = c.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        headers.push(("Content-Type", "application/json"));
+        let r = request(addr, c.method, &c.path, &headers, c.body.as_bytes()).await;
+        assert_eq!(r.status, c.status, "{} {} {:?}: {}", c.method, c.path, c.headers, String::from_utf8_lossy(&r.body));
+    }
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(15)).code(), Some(0));
+    let mut lines = startup;
+    // The reader thread ends at EOF, once the process is gone.
+    lines.extend(logs.iter());
+
+    // Every request was logged at debug, failures with their code: the check below is not
+    // vacuous.
+    let parsed: Vec<serde_json::Value> =
+        lines.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("log line is not JSON: {l}"))).collect();
+    let mut done: Vec<(u64, u64)> = parsed
+        .iter()
+        .filter(|v| v["message"] == "request done" && v["level"] == "DEBUG")
+        .map(|v| (v["span"]["request_id"].as_u64().unwrap(), v["status"].as_u64().unwrap()))
+        .collect();
+    done.sort_unstable();
+    let statuses: Vec<u64> = done.iter().map(|(_, s)| *s).collect();
+    let expected: Vec<u64> = calls.iter().map(|c| u64::from(c.status)).collect();
+    assert_eq!(statuses, expected, "one debug 'request done' per request, in order: {lines:#?}");
+    let rejected: std::collections::BTreeSet<&str> = parsed
+        .iter()
+        .filter(|v| v["message"] == "request rejected" && v["level"] == "DEBUG")
+        .filter_map(|v| v["code"].as_str())
+        .collect();
+    for code in ["invalid_write_key", "revoked_write_key", "invalid_json"] {
+        assert!(rejected.contains(code), "no debug 'request rejected' with {code}: {lines:#?}");
+    }
+
+    let secrets = [LIVE, SECRET, REVOKED, UNKNOWN, CANARY];
+    // `Authorization: Basic` carries base64("KEY:").
+    let encoded: Vec<String> =
+        [LIVE, SECRET, REVOKED, UNKNOWN].iter().map(|k| basic(k).trim_start_matches("Basic ").to_string()).collect();
+    for line in &lines {
+        for s in secrets.iter().copied().chain(encoded.iter().map(String::as_str)) {
+            assert!(!line.contains(s), "a log line carries {s:?}: {line}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -215,11 +215,19 @@ async fn both_windows_with_exact_headers_and_retry_after() {
     assert_eq!(r.header("retry-after"), Some("580"));
     // The refused request cost nothing: the short window still has its room.
     assert_eq!(r.header("x-ratelimit-remaining-short"), Some("3"));
-    // Browsers may read the standing.
-    let exposed = r.header("access-control-expose-headers");
-    assert!(exposed.is_none() || exposed.unwrap().contains("X-RateLimit-Remaining-short"));
+    // CORS headers go to browsers only: a server (no Origin) gets none.
+    assert_eq!(r.header("access-control-expose-headers"), None);
+    // A browser may read the standing and Retry-After of a refusal: every such header of the
+    // answer is exposed.
     let r = post(&s, SECRET, "/v1/track", TRACK, &[("Origin", "https://shop.example.com")]).await;
-    assert!(r.header("access-control-expose-headers").unwrap().contains("X-RateLimit-Remaining-short"));
+    r.assert_error(429, "rate_limited");
+    let exposed = r.header("access-control-expose-headers").expect("a browser's 429 exposes headers");
+    let exposed: Vec<String> = exposed.split(',').map(|h| h.trim().to_ascii_lowercase()).collect();
+    let readable = rate(&r);
+    assert_eq!(readable.len(), 10, "{readable:?}");
+    for (name, _) in &readable {
+        assert!(exposed.contains(name), "{name} is not in Access-Control-Expose-Headers {exposed:?}");
+    }
     // A rejected request costs no broker work.
     assert_eq!(mem.events().len(), 5);
 }
@@ -359,7 +367,9 @@ async fn consent_drop_policy_and_ip_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_are_answered_200_counted_and_not_published() {
-    let (s, mem) = server(&controls_config("", "")).await;
+    // A second source, "blog", to show that dedup is per source.
+    let blog = "[[sources]]\nid = \"blog\"\nkeys = [{ key = \"pk-blog\" }]";
+    let (s, mem) = server(&controls_config("", blog)).await;
     let ev = r#"{"userId":"u","event":"e","messageId":"m-1"}"#;
     assert_eq!(post(&s, SECRET, "/v1/track", ev, &[]).await.status, 200);
     assert_eq!(post(&s, SECRET, "/v1/track", ev, &[]).await.status, 200);
@@ -380,10 +390,34 @@ async fn duplicates_are_answered_200_counted_and_not_published() {
     assert_eq!(ids.iter().filter(|i| *i == "m-1").count(), 1);
     assert_eq!(ids.iter().filter(|i| *i == "m-2").count(), 1);
     assert_eq!(ids.len(), 4, "server-generated ids are never deduplicated: {ids:?}");
-    // Dedup is per source: the same id from another source is new.
+    // Dedup is per source: the same id from another source is new, and is then a duplicate
+    // within that source.
+    let j = post(
+        &s,
+        "pk-blog",
+        "/v1/batch",
+        r#"{"batch":[{"type":"track","userId":"u","event":"e","messageId":"m-1"}]}"#,
+        &[],
+    )
+    .await
+    .json();
+    assert_eq!((j["accepted"].as_u64(), j["duplicates"].as_u64()), (Some(1), Some(0)), "{j}");
+    let j = post(
+        &s,
+        "pk-blog",
+        "/v1/batch",
+        r#"{"batch":[{"type":"track","userId":"u","event":"e","messageId":"m-1"}]}"#,
+        &[],
+    )
+    .await
+    .json();
+    assert_eq!((j["accepted"].as_u64(), j["duplicates"].as_u64()), (Some(1), Some(1)), "{j}");
+    let m1: Vec<Value> = payloads(&mem).into_iter().filter(|e| e["messageId"] == "m-1").collect();
+    assert_eq!(m1.iter().map(|e| e["sourceId"].clone()).collect::<Vec<_>>(), vec![json!("shop"), json!("blog")]);
     let metrics = String::from_utf8(request(s.addr, "GET", "/metrics", &[], b"").await.body).unwrap();
     assert!(metrics.contains(r#"gateway_events_duplicated_total{source_id="shop",type="track"} 3"#), "{metrics}");
-    assert!(metrics.contains("gateway_dedup_entries 2"), "{metrics}");
+    assert!(metrics.contains(r#"gateway_events_duplicated_total{source_id="blog",type="track"} 1"#), "{metrics}");
+    assert!(metrics.contains("gateway_dedup_entries 3"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

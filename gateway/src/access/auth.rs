@@ -33,12 +33,28 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// Every code [`AuthError::code`] returns: `respond` builds the gateway's closed set of
+    /// codes from lists like this one and holds it against the README.
+    pub const CODES: &'static [&'static str] = &["missing_write_key", "invalid_write_key", "revoked_write_key"];
+
     pub fn code(&self) -> &'static str {
         match self {
             AuthError::Missing => "missing_write_key",
             AuthError::Invalid | AuthError::Malformed(_) => "invalid_write_key",
             AuthError::Revoked => "revoked_write_key",
         }
+    }
+
+    /// One value of every variant, for the tests that hold `code` against [`AuthError::CODES`].
+    #[cfg(test)]
+    pub(crate) fn samples() -> Vec<AuthError> {
+        use AuthError::*;
+        let all = vec![Missing, Invalid, Revoked, Malformed("x")];
+        // No `_` arm: a new variant does not compile until it is named here (and added above).
+        all.iter().for_each(|e| match e {
+            Missing | Invalid | Revoked | Malformed(_) => {}
+        });
+        all
     }
 }
 
@@ -243,6 +259,12 @@ mod tests {
         assert_eq!(&*t.resolve("demo-write-key").unwrap().source.id, "demo");
         assert_eq!(t.resolve("demo-write-kez").unwrap_err(), AuthError::Invalid);
         assert_eq!(t.resolve("").unwrap_err(), AuthError::Invalid);
+    }
+
+    #[test]
+    fn codes_lists_every_code() {
+        let produced: std::collections::BTreeSet<_> = AuthError::samples().iter().map(AuthError::code).collect();
+        assert_eq!(produced, AuthError::CODES.iter().copied().collect());
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub enum AccessError {
 }
 
 impl AccessError {
+    /// Every code [`AccessError::code`] returns (`rate_limited` is [`RateLimitError::CODES`]).
+    pub const CODES: &'static [&'static str] =
+        &["origin_not_allowed", "secret_key_required", "rate_limited", "quota_exceeded"];
+
     pub fn code(&self) -> &'static str {
         match self {
             AccessError::OriginNotAllowed(_) => "origin_not_allowed",
@@ -40,6 +44,19 @@ impl AccessError {
             AccessError::RateLimited(e) => e.code(),
             AccessError::QuotaExceeded => "quota_exceeded",
         }
+    }
+
+    /// One value of every variant, for the tests that hold `code` against [`AccessError::CODES`].
+    #[cfg(test)]
+    pub(crate) fn samples() -> Vec<AccessError> {
+        use AccessError::*;
+        let mut all = vec![OriginNotAllowed("https://x.example".into()), SecretKeyRequired, QuotaExceeded];
+        all.extend(RateLimitError::samples().into_iter().map(RateLimited));
+        // No `_` arm: a new variant does not compile until it is named here (and added above).
+        all.iter().for_each(|e| match e {
+            OriginNotAllowed(_) | SecretKeyRequired | RateLimited(_) | QuotaExceeded => {}
+        });
+        all
     }
 }
 
@@ -169,6 +186,15 @@ mod tests {
         assert!(preflight_allows(&c, "https://shop.example.com"));
         assert!(!preflight_allows(&c, "https://evil.example.net"));
         assert_eq!(&*public.id, "web/key0");
+    }
+
+    #[test]
+    fn codes_lists_every_code() {
+        let produced: std::collections::BTreeSet<_> = AccessError::samples().iter().map(AccessError::code).collect();
+        assert_eq!(produced, AccessError::CODES.iter().copied().collect());
+        let produced: std::collections::BTreeSet<_> =
+            RateLimitError::samples().iter().map(RateLimitError::code).collect();
+        assert_eq!(produced, RateLimitError::CODES.iter().copied().collect());
     }
 
     #[test]

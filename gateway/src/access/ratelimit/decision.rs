@@ -60,11 +60,26 @@ pub enum RateLimitError {
 }
 
 impl RateLimitError {
+    /// Every code [`RateLimitError::code`] returns.
+    pub const CODES: &'static [&'static str] = &["rate_limited"];
+
     /// The stable code in the error body and the metric label.
     pub fn code(&self) -> &'static str {
         match self {
             RateLimitError::Limited { .. } => "rate_limited",
         }
+    }
+
+    /// One value of every variant, for the tests that hold `code` against
+    /// [`RateLimitError::CODES`].
+    #[cfg(test)]
+    pub(crate) fn samples() -> Vec<RateLimitError> {
+        let all = vec![RateLimitError::Limited { window: WindowKind::Short, retry_after_s: 1 }];
+        // No `_` arm: a new variant does not compile until it is named here (and added above).
+        all.iter().for_each(|e| match e {
+            RateLimitError::Limited { .. } => {}
+        });
+        all
     }
 
     /// The `Retry-After` value in seconds.
