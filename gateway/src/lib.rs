@@ -29,13 +29,11 @@ pub mod consent;
 pub mod decode;
 pub mod dedup;
 pub mod handler;
-pub mod metrics;
+pub mod ops;
 pub mod publish;
-pub mod reload;
 pub mod respond;
 pub mod router;
 pub mod server;
-pub mod shutdown;
 pub mod timestamp;
 pub mod validate;
 
@@ -48,6 +46,7 @@ use tokio::net::TcpListener;
 pub use access::{auth, quota, ratelimit};
 pub use config::Config;
 pub use handler::AppState;
+pub use ops::{metrics, reload, shutdown};
 pub use publish::Publisher;
 
 /// Serves on `listener` until `shutdown` resolves; then drains connections and flushes the
