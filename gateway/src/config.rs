@@ -210,6 +210,11 @@ pub struct RawLocalLog {
     /// means the event survives a power loss.
     #[serde(default = "default_true")]
     pub fsync: bool,
+    /// How long a request waits for its events to be written (queueing for the writer
+    /// included) before it gets 503 `publish_timeout`; `/ready` is 503 while the writer has been
+    /// in one write for longer. At most [`MAX_LOCAL_LOG_PUBLISH_TIMEOUT_MS`].
+    #[serde(default = "default_local_log_publish_timeout_ms")]
+    pub publish_timeout_ms: u64,
 }
 
 /// `[kafka]`: the Kafka sink. A 2xx means every accepted event of the request is on the
@@ -387,6 +392,9 @@ fn default_data_dir() -> PathBuf {
 fn default_segment_max_bytes() -> u64 {
     64 * 1024 * 1024
 }
+fn default_local_log_publish_timeout_ms() -> u64 {
+    5_000
+}
 fn default_true() -> bool {
     true
 }
@@ -505,7 +513,12 @@ impl Default for RawSink {
 }
 impl Default for RawLocalLog {
     fn default() -> Self {
-        Self { data_dir: default_data_dir(), segment_max_bytes: default_segment_max_bytes(), fsync: true }
+        Self {
+            data_dir: default_data_dir(),
+            segment_max_bytes: default_segment_max_bytes(),
+            fsync: true,
+            publish_timeout_ms: default_local_log_publish_timeout_ms(),
+        }
     }
 }
 impl Default for RawKafka {
@@ -586,10 +599,14 @@ pub struct Limits {
 
 #[derive(Debug, Clone)]
 pub enum SinkConfig {
-    LocalLog { data_dir: PathBuf, segment_max_bytes: u64, fsync: bool },
+    LocalLog { data_dir: PathBuf, segment_max_bytes: u64, fsync: bool, publish_timeout_ms: u64 },
     Kafka(KafkaConfig),
     Memory,
 }
+
+/// Upper bound of `sink.local_log.publish_timeout_ms`, for the same reason as
+/// [`MAX_KAFKA_MESSAGE_TIMEOUT_MS`]: the gateway answers before a client gives up.
+pub const MAX_LOCAL_LOG_PUBLISH_TIMEOUT_MS: u64 = 15_000;
 
 /// Upper bound of `kafka.message_timeout_ms`: below the usual SDK request timeouts
 /// (analytics-python 15 s, analytics-node 10 s), so the gateway answers before a client gives up.
@@ -1029,10 +1046,18 @@ impl RawConfig {
                 if self.sink.local_log.data_dir.as_os_str().is_empty() {
                     bad("sink.local_log.data_dir must not be empty".into());
                 }
+                let publish_timeout_ms = self.sink.local_log.publish_timeout_ms;
+                if !(1..=MAX_LOCAL_LOG_PUBLISH_TIMEOUT_MS).contains(&publish_timeout_ms) {
+                    bad(format!(
+                        "sink.local_log.publish_timeout_ms: {publish_timeout_ms} is outside \
+                         1..={MAX_LOCAL_LOG_PUBLISH_TIMEOUT_MS}; a request waits this long for the disk at most"
+                    ));
+                }
                 SinkConfig::LocalLog {
                     data_dir: self.sink.local_log.data_dir.clone(),
                     segment_max_bytes: self.sink.local_log.segment_max_bytes,
                     fsync: self.sink.local_log.fsync,
+                    publish_timeout_ms,
                 }
             }
             "kafka" => SinkConfig::Kafka(self.kafka.validate(&mut bad)),
@@ -1260,8 +1285,9 @@ impl Config {
     /// The effective configuration as a log-safe summary (keys redacted).
     pub fn summary(&self) -> String {
         let sink = match &self.sink {
-            SinkConfig::LocalLog { data_dir, segment_max_bytes, fsync } => format!(
-                "local_log(data_dir={}, segment_max_bytes={segment_max_bytes}, fsync={fsync})",
+            SinkConfig::LocalLog { data_dir, segment_max_bytes, fsync, publish_timeout_ms } => format!(
+                "local_log(data_dir={}, segment_max_bytes={segment_max_bytes}, fsync={fsync}, \
+                 publish_timeout_ms={publish_timeout_ms})",
                 data_dir.display()
             ),
             SinkConfig::Kafka(k) => format!(
@@ -1297,6 +1323,17 @@ mod tests {
         assert_eq!(&*c.sources[0].id, "demo");
         assert!(matches!(c.sink, SinkConfig::LocalLog { .. }));
         assert_eq!(c.limits.max_batch_events, 2500);
+    }
+
+    #[test]
+    fn local_log_publish_timeout_is_bounded() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert!(matches!(c.sink, SinkConfig::LocalLog { publish_timeout_ms: 5000, .. }));
+        for bad in [0, MAX_LOCAL_LOG_PUBLISH_TIMEOUT_MS + 1] {
+            let text = format!("[sink.local_log]\npublish_timeout_ms = {bad}\n");
+            let err = Config::from_toml("f.toml", &text, &Overrides::default()).unwrap_err();
+            assert!(err.problems.iter().any(|p| p.contains("sink.local_log.publish_timeout_ms")), "{err:?}");
+        }
     }
 
     #[test]

@@ -19,6 +19,9 @@
 //! 2. After the sink answers, per event: [`Reservations::confirm`] on a broker ack,
 //!    [`Reservations::release`] on a definite failure (the client's retry must go through), or
 //!    [`Reservations::hold`] when the outcome is unknown (a timeout: the event may still land).
+//!    An id whose event the sink may still deliver after the request has been answered (it
+//!    entered a queue that then filled up) is taken out with [`Reservations::defer`] and
+//!    settled later through its [`Deferred`].
 //!    Dropping the [`Reservations`] releases whatever was neither confirmed nor held, so an
 //!    early return cannot leave ids reserved — unless [`Reservations::begin_publish`] was
 //!    called: once events are handed to the sink, a dropped request (client gone, panic) has an
@@ -1072,6 +1075,18 @@ impl Reservations<'_> {
         }
     }
 
+    /// Takes the `i`-th id's reservation out of this request, to be settled later by whoever
+    /// learns the outcome after the request has been answered (a record still in the sink's
+    /// queue; see [`Deferred`]). `dedup` must be the cache this came from (else the id is
+    /// held, as [`Reservations::hold`], and `None` returned). `None` unless it is `Fresh` and
+    /// unsettled.
+    pub fn defer(&mut self, i: usize, dedup: &Arc<Dedup>) -> Option<Deferred> {
+        let ours = std::ptr::eq(Arc::as_ptr(dedup), self.dedup);
+        let slot = self.slots.get_mut(i).filter(|s| s.state == State::Held)?;
+        slot.state = State::Kept;
+        ours.then(|| Deferred { dedup: dedup.clone(), ttl_secs: self.ttl_secs, key: slot.key, res_exp: slot.res_exp })
+    }
+
     /// Call right before handing the `Fresh` events to the sink: from then on, dropping this
     /// without settling an id holds it (as [`Reservations::hold`]) instead of releasing it.
     /// A request future dropped mid-publish (the client went away) or a panic leaves an
@@ -1147,6 +1162,34 @@ impl Reservations<'_> {
                 counter.fetch_add(n as u64, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// One reservation taken out of its request by [`Reservations::defer`]: the request was
+/// answered, its event may still become durable. Settle it with [`Deferred::confirm`] or
+/// [`Deferred::release`] once the sink knows; dropping it unsettled keeps the id reserved
+/// until the reservation TTL (the outcome stayed unknown).
+#[derive(Debug)]
+pub struct Deferred {
+    dedup: Arc<Dedup>,
+    ttl_secs: u64,
+    key: Key,
+    res_exp: u32,
+}
+
+impl Deferred {
+    /// The event became durable after all: its copies are duplicates for the TTL.
+    pub fn confirm(self) {
+        let now = self.dedup.now();
+        let key = self.key;
+        self.dedup.shard(key).with(|m| m.confirm(key, expiry(now, self.ttl_secs), now));
+    }
+
+    /// The event failed for good: free the id so the client's retry is published (a no-op if
+    /// the reservation expired and another request took the id over meanwhile).
+    pub fn release(self) {
+        let (key, res_exp) = (self.key, self.res_exp);
+        self.dedup.shard(key).with(|m| m.release(key, res_exp));
     }
 }
 
@@ -1587,6 +1630,42 @@ mod tests {
         drop(r);
         clock.advance(Duration::from_secs(601));
         assert_eq!(d.reserve("src", ["unknown"], TTL).await.verdict(0), Some(Verdict::Fresh));
+    }
+
+    #[tokio::test]
+    async fn deferred_reservations_are_settled_after_the_request() {
+        let clock = Arc::new(ManualClock::new(0));
+        let cfg = DedupConfig { wait_timeout: Duration::from_millis(20), ..config(1000, 4) };
+        let d = Arc::new(Dedup::with_clock(&cfg, clock.clone()).unwrap());
+        let (delivered, failed, unknown) = {
+            let mut r = d.reserve("src", ["delivered", "failed", "unknown"], TTL).await;
+            r.begin_publish();
+            let deferred = (0..3).map(|i| r.defer(i, &d).unwrap()).collect::<Vec<_>>();
+            // Settled already: deferring again gives nothing, and confirm is a no-op.
+            assert!(r.defer(0, &d).is_none());
+            r.confirm(0);
+            let mut it = deferred.into_iter();
+            (it.next().unwrap(), it.next().unwrap(), it.next().unwrap())
+        };
+        // The request is gone; its ids are still reserved: retries are in flight.
+        let r = d.reserve("src", ["delivered", "failed", "unknown"], TTL).await;
+        assert_eq!(r.verdicts().collect::<Vec<_>>(), [Verdict::InFlight; 3]);
+        drop(r);
+        delivered.confirm();
+        failed.release();
+        drop(unknown);
+        let r = d.reserve("src", ["delivered", "failed", "unknown"], TTL).await;
+        assert_eq!(r.verdicts().collect::<Vec<_>>(), [Verdict::Duplicate, Verdict::Fresh, Verdict::InFlight]);
+        drop(r);
+        clock.advance(Duration::from_secs(601));
+        assert_eq!(d.reserve("src", ["unknown"], TTL).await.verdict(0), Some(Verdict::Fresh));
+
+        // Another cache's Arc: the id is held, not handed out.
+        let other = Arc::new(Dedup::with_clock(&cfg, clock.clone()).unwrap());
+        let mut r = d.reserve("src", ["x"], TTL).await;
+        assert!(r.defer(0, &other).is_none());
+        drop(r);
+        assert_eq!(d.reserve("src", ["x"], TTL).await.verdict(0), Some(Verdict::InFlight));
     }
 
     #[test]

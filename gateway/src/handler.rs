@@ -490,7 +490,8 @@ where
         events.extend(aux);
         reservations.begin_publish();
         let started = Instant::now();
-        let mut results = state.publisher.publish(events).await;
+        let published = state.publisher.publish_tracked(events).await;
+        let (mut results, late) = (published.results, published.late);
         state
             .metrics
             .publish_duration
@@ -500,7 +501,18 @@ where
         for e in aux_results.iter().filter_map(|r| r.as_ref().err()) {
             tracing::warn!(code = respond::publish_code(e), error = %e, "publishing a violation record failed");
         }
-        for (result, (index, slot, t)) in results.into_iter().zip(meta_of) {
+        // Events answered before their outcome was known keep their ids reserved until then.
+        let mut late_at: Vec<Option<usize>> = Vec::new();
+        if let Some(l) = &late {
+            late_at.resize(results.len(), None);
+            for (at, &i) in l.indices.iter().enumerate() {
+                if let Some(slot) = late_at.get_mut(i) {
+                    *slot = Some(at);
+                }
+            }
+        }
+        let mut deferred = Vec::new();
+        for (i, (result, (index, slot, t))) in results.into_iter().zip(meta_of).enumerate() {
             match result {
                 Ok(()) => {
                     outcome.accepted += 1;
@@ -511,9 +523,12 @@ where
                 }
                 Err(e) => {
                     if let Some(s) = slot {
-                        // A timed-out delivery may still land: keep the id reserved (until the
+                        // A late event (still queued) keeps its id until the sink knows. A
+                        // timed-out delivery may still land: keep the id reserved (until the
                         // reservation TTL) so a retry cannot publish it twice.
-                        if e == PublishError::Timeout {
+                        if let Some(at) = late_at.get(i).copied().flatten() {
+                            deferred.extend(reservations.defer(s, &state.dedup).map(|d| (at, d)));
+                        } else if e == PublishError::Timeout {
                             reservations.hold(s);
                         } else {
                             reservations.release(s);
@@ -522,6 +537,9 @@ where
                     outcome.add_publish_failure(index, t, e);
                 }
             }
+        }
+        if let (Some(late), false) = (late, deferred.is_empty()) {
+            tokio::spawn(settle_late(late, deferred));
         }
         if let Some(e) = &outcome.publish_error {
             tracing::warn!(source_id = %source.id, code = respond::publish_code(e), error = %e, "publish failed");
@@ -537,6 +555,20 @@ where
     outcome.errors.sort_by_key(|f| f.index);
 
     Ok(if route.batch { respond::batch(&outcome, no_content) } else { respond::single(&outcome, no_content) })
+}
+
+/// Settles the reservations of events answered before the sink knew their outcome, once it
+/// does: confirmed if the event became durable after all, released if it failed for good, held
+/// (until the reservation TTL) if the outcome is still unknown.
+async fn settle_late(late: crate::publish::Late, deferred: Vec<(usize, dedup::Deferred)>) {
+    let outcomes = late.outcome.await;
+    for (at, d) in deferred {
+        match outcomes.get(at) {
+            Some(Ok(())) => d.confirm(),
+            Some(Err(PublishError::Timeout)) | None => drop(d),
+            Some(Err(_)) => d.release(),
+        }
+    }
 }
 
 /// The violations-topic record of one event.

@@ -88,9 +88,10 @@ fn run(config: Config, path: Option<PathBuf>, overrides: Overrides) -> anyhow::R
     runtime.block_on(async move {
         tracing::info!(config = %config.summary(), workers, cpus, "effective configuration");
         let publisher: Arc<dyn Publisher> = match &config.sink {
-            SinkConfig::LocalLog { data_dir, segment_max_bytes, fsync } => Arc::new(
+            SinkConfig::LocalLog { data_dir, segment_max_bytes, fsync, publish_timeout_ms } => Arc::new(
                 LocalLog::open(data_dir, *segment_max_bytes, *fsync)
-                    .with_context(|| format!("opening the local log at {}", data_dir.display()))?,
+                    .with_context(|| format!("opening the local log at {}", data_dir.display()))?
+                    .with_publish_timeout(std::time::Duration::from_millis(*publish_timeout_ms)),
             ),
             SinkConfig::Kafka(kafka) => Arc::new(KafkaPublisher::new(kafka).context("starting the Kafka sink")?),
             SinkConfig::Memory => {

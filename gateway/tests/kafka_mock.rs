@@ -3,8 +3,8 @@
 //!
 //! Each test boots the real server (`gateway::run`) with the Kafka sink pointed at its own mock
 //! cluster and speaks HTTP to it: delivery, broker down and back, a non-retriable produce
-//! error, a full local queue, readiness, oversized events, and no acknowledged loss while the
-//! broker flaps.
+//! error, a full local queue (and no duplicate when its request is retried), readiness,
+//! oversized events, and no acknowledged loss while the broker flaps.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod kafka_support;
@@ -197,6 +197,63 @@ async fn a_full_local_queue_answers_503_at_once() {
     let r = g.post("/v1/track", r#"{"userId":"u","event":"E"}"#).await;
     assert_eq!((r.status, r.code().as_str()), (503, "publish_unavailable"));
     assert!(started.elapsed() < Duration::from_millis(500));
+}
+
+/// Issue #21, point 5: when the queue fills in the middle of a request, the records of it that
+/// were enqueued are still delivered later. Their messageIds must stay reserved until then, or
+/// the client's retry after the 503 publishes them a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_full_queue_publishes_each_event_once() {
+    const QUEUE: usize = 5;
+    let m = mock();
+    // A message timeout far beyond the outage: the queued records wait for the broker.
+    let toml = kafka_config(
+        &m.bootstrap_servers(),
+        "message_timeout_ms = 15000",
+        &format!("{FAST_PRODUCER}\n\"queue.buffering.max.messages\" = {QUEUE}"),
+        &rest(),
+    );
+    let g = Gateway::kafka(&toml).await;
+    g.wait_ready(200, Duration::from_secs(10)).await;
+    assert_eq!(g.post("/v1/batch", &batch_body(&ids("warm", 2))).await.status, 200);
+
+    m.broker_down(-1).unwrap();
+    let batch = ids("q", 12);
+    let r = g.post("/v1/batch", &batch_body(&batch)).await;
+    assert_eq!((r.status, r.code().as_str()), (503, "publish_unavailable"), "{}", r.body);
+    assert_eq!(rejected_indices(&r), (0..12).collect::<Vec<_>>(), "{}", r.body);
+
+    // The broker comes back while the first records are still queued; the client retries the
+    // same batch (as SDKs do after a 503) until it is accepted.
+    m.broker_up(-1).unwrap();
+    // (The batch is larger than the whole queue: it only goes through because each retry skips
+    // the ids already delivered.)
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut answers = Vec::new();
+    let accepted = loop {
+        let r = g.post("/v1/batch", &batch_body(&batch)).await;
+        answers.push(r.status);
+        if r.status == 200 && rejected_indices(&r).is_empty() {
+            break true;
+        }
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(["publish_unavailable", "dedup_in_flight"].contains(&r.code().as_str()), "{}", r.body);
+        if Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    let mut copies: HashMap<String, usize> = HashMap::new();
+    for rec in read_topic(&m.bootstrap_servers(), TOPIC).await {
+        *copies.entry(payload_message_id(&rec)).or_default() += 1;
+    }
+    let mut twice: Vec<_> = copies.iter().filter(|(_, n)| **n > 1).collect();
+    twice.sort();
+    assert!(twice.is_empty(), "published more than once: {twice:?}; answers: {answers:?}");
+    assert!(accepted, "no 200 within 15 s: {answers:?}");
+    let missing: Vec<_> = batch.iter().filter(|id| !copies.contains_key(*id)).collect();
+    assert!(missing.is_empty(), "not on the topic: {missing:?}; answers: {answers:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,10 @@
 //!
 //! Backpressure: librdkafka's local queue is bounded (`queue.buffering.max.*`). When it is full
 //! the request fails at once with [`PublishError::QueueFull`] (503) rather than waiting, and
-//! the rest of its events are not even enqueued.
+//! the rest of its events are not even enqueued. Its records already enqueued still go out:
+//! they are answered 503 too, but reported as [`Late`], resolved by their delivery reports, so
+//! that their messageIds stay reserved until then (a retry is `dedup_in_flight`, or a
+//! duplicate once delivered, never a second record).
 //!
 //! Readiness: a background thread asks the cluster for metadata every few seconds (every
 //! 250 ms while it has none, and at once when librdkafka reports all brokers down). `/ready` is
@@ -43,7 +46,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Notify;
 
-use super::{BoxFuture, BrokerStats, OutEvent, PublishError, PublishResults, Publisher, SinkStats};
+use super::{BoxFuture, BrokerStats, Late, OutEvent, PublishError, PublishResults, Published, Publisher, SinkStats};
 use crate::config::{KafkaConfig, RecordKey};
 
 /// Room left in `message.max.bytes` for the record's framing, key and headers: the handler
@@ -137,19 +140,36 @@ impl RequestAcks {
 
     /// Per-event results; events with no outcome yet get `unsettled`.
     fn results(&self, unsettled: &PublishError) -> PublishResults {
-        let mut out: PublishResults = self
-            .states
-            .iter()
-            .map(|s| if s.load(Ordering::Acquire) == DELIVERED { Ok(()) } else { Err(unsettled.clone()) })
-            .collect();
-        if let Ok(failures) = self.failures.lock() {
+        self.results_and_pending(unsettled).0
+    }
+
+    /// Per-event results as of now, and the indices of the events with no outcome yet (they
+    /// got `unsettled`). Each state is read once, so the two agree.
+    fn results_and_pending(&self, unsettled: &PublishError) -> (PublishResults, Vec<usize>) {
+        let mut pending = Vec::new();
+        let mut out: PublishResults = Vec::with_capacity(self.states.len());
+        for (i, s) in self.states.iter().enumerate() {
+            if s.load(Ordering::Acquire) == DELIVERED {
+                out.push(Ok(()));
+            } else {
+                out.push(Err(unsettled.clone()));
+                pending.push(i);
+            }
+        }
+        // A failure is listed before its state is stored: whatever is listed is settled.
+        if let Some(failures) = self.failures.lock().ok().filter(|f| !f.is_empty()) {
+            let mut failed = vec![false; out.len()];
             for (i, e) in failures.iter() {
                 if let Some(slot) = out.get_mut(*i as usize) {
                     *slot = Err(e.clone());
                 }
+                if let Some(f) = failed.get_mut(*i as usize) {
+                    *f = true;
+                }
             }
+            pending.retain(|&p| !failed.get(p).copied().unwrap_or(false));
         }
-        out
+        (out, pending)
     }
 }
 
@@ -584,6 +604,22 @@ impl KafkaPublisher {
         }
     }
 
+    /// The final outcomes of a request's `pending` records: waits (within the delivery bound)
+    /// for the last report of the request, which fires `acks.done` whether or not anybody
+    /// waited for it yet.
+    fn late(&self, acks: Arc<RequestAcks>, pending: Vec<usize>) -> Late {
+        let wait_limit = self.wait_limit;
+        let indices = pending.clone();
+        let outcome = Box::pin(async move {
+            if tokio::time::timeout(wait_limit, acks.done.notified()).await.is_err() {
+                tracing::warn!(events = pending.len(), "kafka: delivery reports of queued records overdue");
+            }
+            let results = acks.results(&PublishError::Timeout);
+            pending.iter().map(|&i| results.get(i).cloned().unwrap_or(Err(PublishError::Timeout))).collect()
+        });
+        Late { indices, outcome }
+    }
+
     /// Logs each permanent failure class of a request once, with its topic (never a key or
     /// payload).
     fn log_failures(&self, events: &[OutEvent], results: &PublishResults) {
@@ -601,14 +637,18 @@ impl KafkaPublisher {
 
 impl Publisher for KafkaPublisher {
     fn publish(&self, events: Vec<OutEvent>) -> BoxFuture<'_, PublishResults> {
+        Box::pin(async move { self.publish_tracked(events).await.results })
+    }
+
+    fn publish_tracked(&self, events: Vec<OutEvent>) -> BoxFuture<'_, Published> {
         Box::pin(async move {
             let n = events.len();
             if n == 0 {
-                return Vec::new();
+                return Published { results: Vec::new(), late: None };
             }
             let producer = match self.shared.producer() {
                 Ok(p) => p,
-                Err(e) => return vec![Err(e); n],
+                Err(e) => return Published { results: vec![Err(e); n], late: None },
             };
             let acks = Arc::new(RequestAcks::new(n));
             let mut queue_full = false;
@@ -626,18 +666,21 @@ impl Publisher for KafkaPublisher {
             }
             drop(producer);
             acks.release(1);
-            let results = if queue_full {
+            let (results, late) = if queue_full {
                 // Answer now: records already enqueued still go out (their reports land in
                 // `acks`, kept alive by their tickets), but this request does not wait for them.
-                acks.results(&PublishError::QueueFull)
+                // They are answered 503 like the rest, and listed as late: whoever holds their
+                // messageIds must keep them until the reports say what happened.
+                let (results, pending) = acks.results_and_pending(&PublishError::QueueFull);
+                (results, (!pending.is_empty()).then(|| self.late(acks, pending)))
             } else {
                 if tokio::time::timeout(self.wait_limit, acks.done.notified()).await.is_err() {
                     tracing::warn!(events = n, "kafka: delivery reports overdue; answering timeout");
                 }
-                acks.results(&PublishError::Timeout)
+                (acks.results(&PublishError::Timeout), None)
             };
             self.log_failures(&events, &results);
-            results
+            Published { results, late }
         })
     }
 
@@ -927,6 +970,22 @@ mod tests {
         acks.settle(2, Err(PublishError::QueueFull));
         let r = acks.results(&PublishError::QueueFull);
         assert_eq!(r, vec![Ok(()), Err(PublishError::QueueFull), Err(PublishError::QueueFull)]);
+    }
+
+    #[test]
+    fn pending_events_are_those_without_an_outcome() {
+        let acks = RequestAcks::new(4);
+        acks.settle(0, Ok(()));
+        acks.settle(2, Err(PublishError::QueueFull));
+        let (results, pending) = acks.results_and_pending(&PublishError::QueueFull);
+        assert_eq!(
+            results,
+            vec![Ok(()), Err(PublishError::QueueFull), Err(PublishError::QueueFull), Err(PublishError::QueueFull)]
+        );
+        // 1 and 3 were enqueued and have no report yet: their outcome comes later.
+        assert_eq!(pending, vec![1, 3]);
+        acks.settle(3, Err(PublishError::Timeout));
+        assert_eq!(acks.results_and_pending(&PublishError::QueueFull).1, vec![1]);
     }
 
     #[tokio::test]

@@ -9,6 +9,13 @@
 //! - [`local_log::LocalLog`]: the embedded default, NDJSON segment files per topic;
 //! - [`kafka::KafkaPublisher`]: one record per event, answered once the broker acknowledged it;
 //! - [`memory::MemoryPublisher`]: for tests, can be told to fail.
+//!
+//! Late outcomes: a sink may have to answer a request before it knows what became of some of
+//! its events (a full Kafka queue answers at once although earlier records of the request are
+//! still queued; a local-log job past its deadline may still be written). It then answers those
+//! events with an error *and* lists them in a [`Late`], whose future resolves to their final
+//! outcomes, so that the caller can settle what depends on them (the dedup reservation: a
+//! record that entered the queue keeps it until its delivery report) after the answer.
 
 pub mod kafka;
 pub mod local_log;
@@ -62,6 +69,31 @@ impl PublishError {
 
 /// Per-event outcomes, in the order the events were given.
 pub type PublishResults = Vec<Result<(), PublishError>>;
+/// Events answered before their outcome was known, and the way to learn it (see the module
+/// doc).
+pub struct Late {
+    /// Indices, into the published events, of the events answered early.
+    pub indices: Vec<usize>,
+    /// Resolves to the final outcome of each of them, in the order of `indices`, once the sink
+    /// knows it; within the sink's own delivery bound (an outcome still unknown by then is
+    /// [`PublishError::Timeout`]).
+    pub outcome: BoxFuture<'static, PublishResults>,
+}
+
+impl std::fmt::Debug for Late {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Late").field("indices", &self.indices).finish_non_exhaustive()
+    }
+}
+
+/// What [`Publisher::publish_tracked`] answers: per-event results, and the events among them
+/// whose result is not their final outcome.
+#[derive(Debug)]
+pub struct Published {
+    pub results: PublishResults,
+    pub late: Option<Late>,
+}
+
 /// A boxed future, so that `Arc<dyn Publisher>` works.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -70,6 +102,12 @@ pub trait Publisher: Send + Sync + 'static {
     /// Publishes the events; resolves once every one is durable or failed. Must not hang past
     /// the sink's own delivery timeout.
     fn publish(&self, events: Vec<OutEvent>) -> BoxFuture<'_, PublishResults>;
+
+    /// Like [`Publisher::publish`], and also says which failed events may still become durable
+    /// ([`Late`]). Sinks whose answers are always final keep this default.
+    fn publish_tracked(&self, events: Vec<OutEvent>) -> BoxFuture<'_, Published> {
+        Box::pin(async move { Published { results: self.publish(events).await, late: None } })
+    }
 
     /// `Ok` when the sink can take events now; `Err` says why not (for `/ready`).
     fn readiness(&self) -> Result<(), String>;
