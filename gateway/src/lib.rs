@@ -23,17 +23,15 @@
 //! only thing that knows HTTP statuses. Only `main` uses `anyhow`.
 
 pub mod access;
-pub mod client_ip;
 pub mod config;
 pub mod consent;
 pub mod decode;
 pub mod dedup;
-pub mod handler;
+pub mod error;
+pub mod http;
+pub mod ingest;
 pub mod ops;
 pub mod publish;
-pub mod respond;
-pub mod router;
-pub mod server;
 pub mod timestamp;
 pub mod validate;
 
@@ -45,7 +43,8 @@ use tokio::net::TcpListener;
 
 pub use access::{auth, quota, ratelimit};
 pub use config::Config;
-pub use handler::AppState;
+pub use http::{client_ip, respond, router, server};
+pub use ingest::AppState;
 pub use ops::{metrics, reload, shutdown};
 pub use publish::Publisher;
 

@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     if args.check {
         let name = args.config.as_ref().map_or(gateway::config::EMBEDDED_NAME.to_string(), |p| p.display().to_string());
         // Everything the config needs is built too: tracking plans are compiled.
-        if let Err(e) = gateway::handler::Runtime::build(config) {
+        if let Err(e) = gateway::ingest::Runtime::build(config) {
             eprintln!("{name}: {e}");
             return ExitCode::from(2);
         }

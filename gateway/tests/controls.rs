@@ -7,7 +7,7 @@ mod util;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway::handler::Clocks;
+use gateway::ingest::Clocks;
 use gateway::publish::memory::MemoryPublisher;
 use gateway::publish::PublishError;
 use gateway::ratelimit::{ManualClock, Nanos};
@@ -659,7 +659,7 @@ async fn plan_reload_is_atomic_and_a_broken_plan_is_refused() {
     assert_eq!(s.state.metrics.config_reloads.with_label_values(&["error"]).get(), 1);
     // A gateway does not start on a broken plan.
     let cfg = gateway::config::Config::from_toml("g.toml", &toml, &Default::default()).unwrap();
-    let err = gateway::handler::Runtime::build(cfg).err().unwrap();
+    let err = gateway::ingest::Runtime::build(cfg).err().unwrap();
     assert!(err.contains("Signed Up.json") && err.contains("/type"), "{err}");
 }
 

@@ -61,6 +61,22 @@ pub enum PublishError {
 }
 
 impl PublishError {
+    /// Every code [`PublishError::code`] returns.
+    pub const CODES: &'static [&'static str] =
+        &["event_too_large", "publish_failed", "publish_timeout", "publish_unavailable"];
+
+    /// The stable snake_case code of this failure (the error body's `code`, a metric label).
+    pub fn code(&self) -> &'static str {
+        match self {
+            PublishError::TooLarge { .. } => "event_too_large",
+            PublishError::Fatal(_) => "publish_failed",
+            PublishError::Timeout => "publish_timeout",
+            PublishError::QueueFull | PublishError::Unavailable(_) | PublishError::ShuttingDown => {
+                "publish_unavailable"
+            }
+        }
+    }
+
     /// Whether the client should retry the same request later.
     pub fn is_retriable(&self) -> bool {
         !matches!(self, PublishError::Fatal(_) | PublishError::TooLarge { .. })

@@ -80,7 +80,7 @@ impl TestServer {
 
     pub async fn start(toml: &str, publisher: Arc<dyn Publisher>) -> TestServer {
         let state_dir = tempfile::tempdir().unwrap();
-        Self::start_in(toml, publisher, state_dir, gateway::handler::Clocks::default()).await
+        Self::start_in(toml, publisher, state_dir, gateway::ingest::Clocks::default()).await
     }
 
     /// Starts with usage counts and the dedup snapshot in `state_dir`, and the given clocks.
@@ -88,7 +88,7 @@ impl TestServer {
         toml: &str,
         publisher: Arc<dyn Publisher>,
         state_dir: tempfile::TempDir,
-        clocks: gateway::handler::Clocks,
+        clocks: gateway::ingest::Clocks,
     ) -> TestServer {
         let mut config = Config::from_toml("test.toml", toml, &Overrides::default()).unwrap();
         if !toml.contains("[usage]") {

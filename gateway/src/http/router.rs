@@ -13,20 +13,12 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use tracing::Instrument;
 
+use super::cors;
+use super::endpoints;
+use super::respond::{self, Body};
 use crate::decode::EventType;
-use crate::handler::{self, AppState};
-use crate::respond::{self, Body, Error};
-
-/// How an ingest path reads its body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IngestRoute {
-    /// Route name: a metric label and log field.
-    pub name: &'static str,
-    /// `Some` on single-call paths: the type the path fixes.
-    pub path_type: Option<EventType>,
-    /// True when the body is `{"batch":[…]}`.
-    pub batch: bool,
-}
+use crate::error::Error;
+use crate::ingest::{self, AppState, IngestRoute};
 
 /// What a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,16 +124,23 @@ where
                     "origin_not_allowed",
                     "no write key of this gateway accepts this origin",
                 ),
-                _ => respond::preflight(origin.as_ref(), rt.config.server.cors_max_age_s),
+                _ => cors::preflight(origin.as_ref(), rt.config.server.cors_max_age_s),
             }
         }
         (Some(Route::Ingest(r)), &Method::POST) => {
             state.metrics.in_flight.inc();
-            let resp = handler::ingest(state, r, req, peer).await;
+            let answer = ingest::ingest(state, r, req, peer).await;
             state.metrics.in_flight.dec();
-            resp
+            if let Err(e) = &answer.result {
+                if e.status().is_server_error() {
+                    tracing::warn!(route = r.name, code = e.code(), error = %e, "request failed");
+                } else {
+                    tracing::debug!(route = r.name, code = e.code(), error = %e, "request rejected");
+                }
+            }
+            respond::answer(&answer)
         }
-        (Some(Route::Telemetry), &Method::POST) => handler::telemetry(state, req).await,
+        (Some(Route::Telemetry), &Method::POST) => endpoints::telemetry(state, req).await,
         (Some(Route::Health), &Method::GET | &Method::HEAD) => health(),
         (Some(Route::Ready), &Method::GET | &Method::HEAD) => ready(state),
         (Some(Route::Metrics), &Method::GET) if state.runtime().config.server.admin_listen.is_some() => {
@@ -149,7 +148,7 @@ where
             respond::error(&Error::NotFound("/metrics (served on server.admin_listen)".into()))
         }
         (Some(Route::Metrics), &Method::GET) => metrics(state),
-        (Some(Route::Usage), &Method::GET) => handler::usage(state, req).await,
+        (Some(Route::Usage), &Method::GET) => endpoints::usage(state, req).await,
         (Some(r), _) => respond::error(&Error::MethodNotAllowed {
             method: method.to_string(),
             path: truncate_path(req.uri().path()),
@@ -161,7 +160,7 @@ where
         }),
     };
     if matches!(route, Some(Route::Ingest(_) | Route::Telemetry)) && method != Method::OPTIONS {
-        respond::add_cors(response.headers_mut(), origin.as_ref());
+        cors::add_cors(response.headers_mut(), origin.as_ref());
     }
     response
 }

@@ -11,13 +11,15 @@
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
-use http::{HeaderMap, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;
 
 use crate::access::AccessError;
 use crate::auth::AuthError;
-use crate::decode::{DecodeError, EventError, EventType};
+use crate::decode::{DecodeError, EventError};
+use crate::error::Error;
+use crate::ingest::{Answer, EventFailure, FailureKind, Outcome};
 use crate::publish::PublishError;
 use crate::validate::Violation;
 
@@ -27,23 +29,8 @@ pub type Body = Full<Bytes>;
 /// Seconds a client is asked to wait before retrying after a 503.
 pub const RETRY_AFTER_S: u64 = 2;
 
-/// Everything that can end a request with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Auth(#[from] AuthError),
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
-    #[error(transparent)]
-    Access(#[from] AccessError),
-    #[error(transparent)]
-    Publish(#[from] PublishError),
-    #[error("no route for {0}")]
-    NotFound(String),
-    #[error("method {method} is not allowed on {path}; use {allowed}")]
-    MethodNotAllowed { method: String, path: String, allowed: &'static str },
-}
-
+// The status of each error lives here, beside every other status; the error and its code
+// live in `crate::error`.
 impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -70,27 +57,6 @@ impl Error {
             Error::Publish(p) => publish_status(p),
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-        }
-    }
-
-    pub fn code(&self) -> &'static str {
-        match self {
-            Error::Auth(a) => a.code(),
-            Error::Decode(d) => match d {
-                DecodeError::UnsupportedMediaType(_) => "unsupported_media_type",
-                DecodeError::UnsupportedEncoding(_) => "unsupported_encoding",
-                DecodeError::PayloadTooLarge { .. } | DecodeError::TooManyEvents { .. } => "payload_too_large",
-                DecodeError::BodyTimeout(_) => "request_timeout",
-                DecodeError::BodyRead(_) => "body_read_failed",
-                DecodeError::InvalidGzip(_) => "invalid_gzip",
-                DecodeError::InvalidJson { .. } => "invalid_json",
-                DecodeError::InvalidBody(_) => "invalid_body",
-                DecodeError::Event(e) => e.code(),
-            },
-            Error::Access(a) => a.code(),
-            Error::Publish(p) => publish_code(p),
-            Error::NotFound(_) => "not_found",
-            Error::MethodNotAllowed { .. } => "method_not_allowed",
         }
     }
 }
@@ -157,30 +123,32 @@ pub fn all_codes() -> Vec<&'static str> {
 
 /// Status of a single event's rejection.
 pub fn event_status(e: &EventError) -> StatusCode {
-    match e {
-        EventError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        _ => StatusCode::BAD_REQUEST,
-    }
+    failure_status(FailureKind::of_event_error(e))
 }
 
 fn publish_status(p: &PublishError) -> StatusCode {
-    match p {
-        PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        PublishError::Fatal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
+    failure_status(FailureKind::of_publish_error(p))
+}
+
+/// What a failure of this kind answers, alone (a single call) or when every event of a batch
+/// failed alike.
+pub fn failure_status(kind: FailureKind) -> StatusCode {
+    match kind {
+        FailureKind::Invalid => StatusCode::BAD_REQUEST,
+        FailureKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        FailureKind::NotAllowed => StatusCode::FORBIDDEN,
+        FailureKind::Contract => StatusCode::UNPROCESSABLE_ENTITY,
+        FailureKind::Quota => StatusCode::PAYMENT_REQUIRED,
+        FailureKind::InFlight | FailureKind::SinkRetriable => StatusCode::SERVICE_UNAVAILABLE,
+        FailureKind::SinkFatal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
-/// Every code [`publish_code`] returns.
-pub const PUBLISH_CODES: &[&str] = &["event_too_large", "publish_failed", "publish_timeout", "publish_unavailable"];
+/// Every code [`PublishError::code`] returns.
+pub const PUBLISH_CODES: &[&str] = PublishError::CODES;
 
 pub fn publish_code(p: &PublishError) -> &'static str {
-    match p {
-        PublishError::TooLarge { .. } => "event_too_large",
-        PublishError::Fatal(_) => "publish_failed",
-        PublishError::Timeout => "publish_timeout",
-        PublishError::QueueFull | PublishError::Unavailable(_) | PublishError::ShuttingDown => "publish_unavailable",
-    }
+    p.code()
 }
 
 #[derive(Serialize)]
@@ -190,101 +158,6 @@ struct ErrorBody<'a> {
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     violations: Option<&'a [Violation]>,
-}
-
-/// One rejected event of a batch.
-#[derive(Debug, Clone, Serialize)]
-pub struct EventFailure {
-    pub index: usize,
-    pub code: &'static str,
-    pub message: String,
-    /// What this failure alone would answer (the status of a single call).
-    #[serde(skip)]
-    pub status: StatusCode,
-    /// Field-level reasons of a `contract_violation`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub violations: Option<Vec<Violation>>,
-    /// The event's call type when it is known (a metric label; not sent).
-    #[serde(skip)]
-    pub event_type: Option<EventType>,
-}
-
-/// What happened to the events of one request. `accepted` counts events published, answered
-/// as duplicates, or dropped by consent policy: the client did nothing wrong with any of them.
-#[derive(Debug, Default)]
-pub struct Outcome {
-    pub received: usize,
-    pub accepted: usize,
-    /// Of `accepted`: already published (same messageId), not published again.
-    pub duplicates: usize,
-    /// Of `accepted`: not published because the source requires consent they lack.
-    pub consent_dropped: usize,
-    pub errors: Vec<EventFailure>,
-    /// The worst publish failure, if any event failed at the sink.
-    pub publish_error: Option<PublishError>,
-    /// Whether any event failed its own checks (as opposed to the sink failing).
-    pub any_invalid: bool,
-    /// Whether a failure asks the client to retry (besides sink failures).
-    pub retry: bool,
-}
-
-impl Outcome {
-    /// Records an event refused by a check (bad input, not allowed, over quota…).
-    pub fn reject(
-        &mut self,
-        index: usize,
-        event_type: Option<EventType>,
-        status: StatusCode,
-        code: &'static str,
-        message: String,
-    ) {
-        self.any_invalid |= !status.is_server_error();
-        self.errors.push(EventFailure { index, code, message, status, violations: None, event_type });
-    }
-
-    /// Records an event blocked by its tracking plan (422 `contract_violation`).
-    pub fn reject_with_violations(
-        &mut self,
-        index: usize,
-        event_type: EventType,
-        message: String,
-        violations: Vec<Violation>,
-    ) {
-        self.any_invalid = true;
-        self.errors.push(EventFailure {
-            index,
-            code: "contract_violation",
-            message,
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            violations: Some(violations),
-            event_type: Some(event_type),
-        });
-    }
-
-    /// Events answered success: published, duplicates, consent-dropped.
-    fn succeeded(&self) -> usize {
-        self.accepted + self.duplicates + self.consent_dropped
-    }
-
-    /// Records a publish failure, keeping the one that matters most for the status: a
-    /// retriable failure wins, so that SDKs retry the request.
-    pub fn add_publish_failure(&mut self, index: usize, event_type: EventType, e: PublishError) {
-        self.errors.push(EventFailure {
-            index,
-            code: publish_code(&e),
-            message: e.to_string(),
-            status: publish_status(&e),
-            violations: None,
-            event_type: Some(event_type),
-        });
-        let replace = match &self.publish_error {
-            None => true,
-            Some(prev) => !prev.is_retriable() && e.is_retriable(),
-        };
-        if replace {
-            self.publish_error = Some(e);
-        }
-    }
 }
 
 #[derive(Serialize)]
@@ -338,13 +211,30 @@ pub fn ok(no_content: bool) -> Response<Body> {
     json_response(StatusCode::OK, br#"{"success":true}"#.to_vec())
 }
 
+/// The answer to an ingest request: its outcome or error, with the rate-limit headers.
+pub fn answer(a: &Answer) -> Response<Body> {
+    let mut r = match &a.result {
+        Ok(outcome) if a.batch => batch(outcome, a.no_content),
+        Ok(outcome) => single(outcome, a.no_content),
+        Err(e) => error(e),
+    };
+    if let Some(rate) = &a.rate {
+        // The key's standing in every window (`X-RateLimit-*`), and `Retry-After` when refused.
+        let headers = r.headers_mut();
+        rate.for_each_header(|name, value| {
+            headers.insert(name, HeaderValue::from(value));
+        });
+    }
+    r
+}
+
 /// The answer to a single call (one event).
 pub fn single(outcome: &Outcome, no_content: bool) -> Response<Body> {
     match outcome.errors.first() {
         Some(f) => {
             let body =
                 ErrorBody { success: false, code: f.code, message: &f.message, violations: f.violations.as_deref() };
-            json_response(f.status, serde_json::to_vec(&body).unwrap_or_default())
+            json_response(failure_status(f.kind), serde_json::to_vec(&body).unwrap_or_default())
         }
         None => ok(no_content),
     }
@@ -359,18 +249,20 @@ pub fn batch(outcome: &Outcome, no_content: bool) -> Response<Body> {
         // too; messageId dedup absorbs them).
         (StatusCode::SERVICE_UNAVAILABLE, Some(publish_code(p)), Some(p.to_string()))
     } else if outcome.retry {
-        let first = outcome.errors.iter().find(|f| f.status == StatusCode::SERVICE_UNAVAILABLE);
+        let first = outcome.errors.iter().find(|f| failure_status(f.kind) == StatusCode::SERVICE_UNAVAILABLE);
         (StatusCode::SERVICE_UNAVAILABLE, first.map(|f| f.code), first.map(|f| f.message.clone()))
     } else if succeeded == 0 {
         // Nothing accepted: the status (and code) every failure shares, else 400.
         let first = outcome.errors.first();
-        let shared = first.filter(|f| outcome.errors.iter().all(|e| e.status == f.status));
+        let shared = first.filter(|f| outcome.errors.iter().all(|e| failure_status(e.kind) == failure_status(f.kind)));
         match shared {
-            Some(f) if outcome.errors.iter().all(|e| e.code == f.code) => {
-                (f.status, Some(f.code), Some(format!("all {} events were rejected: {}", outcome.received, f.message)))
-            }
+            Some(f) if outcome.errors.iter().all(|e| e.code == f.code) => (
+                failure_status(f.kind),
+                Some(f.code),
+                Some(format!("all {} events were rejected: {}", outcome.received, f.message)),
+            ),
             Some(f) => (
-                f.status,
+                failure_status(f.kind),
                 Some("all_events_rejected"),
                 Some(format!("all {} events were rejected; see errors", outcome.received)),
             ),
@@ -399,42 +291,10 @@ pub fn batch(outcome: &Outcome, no_content: bool) -> Response<Body> {
     json_response(status, serde_json::to_vec(&body).unwrap_or_default())
 }
 
-/// Adds the CORS headers of an ingest answer: the caller's origin is reflected (with
-/// credentials, which `*` would not allow).
-pub fn add_cors(headers: &mut HeaderMap, origin: Option<&HeaderValue>) {
-    if let Some(o) = origin {
-        headers.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
-        headers.insert(http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
-        headers.insert(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSE_HEADERS));
-    }
-    headers.append(http::header::VARY, HeaderValue::from_static("Origin"));
-}
-
-/// Response headers a browser script may read: rate-limit standing, `Retry-After`, request id.
-pub const EXPOSE_HEADERS: &str = "Retry-After, X-Request-Id, X-RateLimit-Limit, X-RateLimit-Remaining, \
-X-RateLimit-Reset, X-RateLimit-Limit-short, X-RateLimit-Remaining-short, X-RateLimit-Reset-short, \
-X-RateLimit-Limit-medium, X-RateLimit-Remaining-medium, X-RateLimit-Reset-medium";
-
-/// Headers a browser may send on ingest calls: ours plus common tracing headers (a preflight
-/// that refuses `baggage` or `sentry-trace` silently loses a page's events).
-pub const ALLOWED_HEADERS: &str =
-    "Content-Type, Content-Encoding, Authorization, X-Write-Key, baggage, sentry-trace, traceparent, tracestate";
-
-/// The answer to a CORS preflight.
-pub fn preflight(origin: Option<&HeaderValue>, max_age_s: u64) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::NO_CONTENT;
-    let h = r.headers_mut();
-    add_cors(h, origin);
-    h.insert(http::header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, OPTIONS"));
-    h.insert(http::header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(ALLOWED_HEADERS));
-    h.insert(http::header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(max_age_s));
-    r
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::EventType;
 
     use std::collections::BTreeSet;
     use std::path::Path;
@@ -578,7 +438,7 @@ mod tests {
     /// The codes the README documents: in its "Answers" section, the `code` column of the table
     /// and the "Event codes:" sentence.
     fn documented_codes() -> BTreeSet<&'static str> {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let start = readme.find("### Answers").expect("README has an \"### Answers\" section");
         let section = &readme[start..];
         let section = &section[..section.find("\n## ").unwrap_or(section.len())];
@@ -620,8 +480,10 @@ mod tests {
             }
             let text = std::fs::read_to_string(&path).unwrap();
             let mut rest = text.as_str();
-            while let Some(i) = rest.find("StatusCode::") {
-                rest = &rest[i + "StatusCode::".len()..];
+            // A code literal right after a status (the router) or a failure kind (the pipeline).
+            while let Some(i) = [rest.find("StatusCode::"), rest.find("FailureKind::")].into_iter().flatten().min() {
+                rest = &rest[i..];
+                rest = &rest[rest.find("::").unwrap_or(0) + 2..];
                 let after = rest.trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '_');
                 let Some(arg) = after.strip_prefix(',').map(str::trim_start).and_then(|a| a.strip_prefix('"')) else {
                     continue;

@@ -1,0 +1,134 @@
+//! Ingest: the pipeline of one ingest request, one stage after another —
+//! auth → admit (origin, rate) → read body → decode → body key → normalise (with consent) →
+//! type check → consent policy → contracts → sink size → dedup reserve → quota → publish →
+//! settle → outcome.
+//!
+//! Owns: the order of the stages ([`ingest`] reads top to bottom) and the shared [`AppState`].
+//! Must not: contain stage logic (each rule lives in its stage) or build HTTP answers: it
+//! returns an [`Answer`] that `http::respond` renders.
+//!
+//! - [`state`]: [`AppState`], [`Runtime`] (config + compiled plans), [`Clocks`];
+//! - [`admit`]: key from head or body, origin and rate checks, the keyless per-IP window;
+//! - [`events`]: the per-event stages and their bookkeeping; [`contracts`]: the plan check;
+//! - [`commit`]: sink size, dedup, quota, publish and settling;
+//! - [`outcome`]: what happened to each event ([`Outcome`], [`FailureKind`]).
+
+mod admit;
+mod commit;
+mod contracts;
+mod events;
+mod outcome;
+mod state;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+
+use crate::auth::{self, AuthError};
+use crate::decode::{self, EventType, RequestContext};
+use crate::error::Error;
+use crate::ratelimit::Decision;
+
+pub use outcome::{EventFailure, FailureKind, Outcome};
+pub use state::{AppState, Clocks, Runtime};
+
+/// How an ingest path reads its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestRoute {
+    /// Route name: a metric label and log field.
+    pub name: &'static str,
+    /// `Some` on single-call paths: the type the path fixes.
+    pub path_type: Option<EventType>,
+    /// True when the body is `{"batch":[…]}`.
+    pub batch: bool,
+}
+
+/// What an ingest request came to, for `http::respond` to render.
+#[derive(Debug)]
+pub struct Answer {
+    pub result: Result<Outcome, Error>,
+    /// The key's (or the client IP's) rate standing, for the `X-RateLimit-*` headers.
+    pub rate: Option<Decision>,
+    /// A batch answers with its summary, a single call with its one result.
+    pub batch: bool,
+    /// sendBeacon cannot read the answer; `?beacon=1` asks for a body-less 204.
+    pub no_content: bool,
+}
+
+/// An ingest request: one call or a batch.
+pub async fn ingest<B>(state: &AppState, route: IngestRoute, req: Request<B>, peer: SocketAddr) -> Answer
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let rt = state.runtime();
+    let ip = rt.config.server.client_ip.resolve(req.headers(), peer);
+    let no_content =
+        req.uri().query().and_then(|q| auth::query_param(q, "beacon")).is_some_and(|v| v == "1" || v == "true");
+    let mut rate = None;
+    let result = match pipeline(state, &rt, route, req, ip, &mut rate).await {
+        Err(Error::Auth(e)) => Err(admit::keyless(state, &rt, ip, &mut rate).err().unwrap_or(Error::Auth(e))),
+        r => r,
+    };
+    Answer { result, rate, batch: route.batch, no_content }
+}
+
+/// The stages, in order.
+async fn pipeline<B>(
+    state: &AppState,
+    rt: &Runtime,
+    route: IngestRoute,
+    req: Request<B>,
+    ip: IpAddr,
+    rate: &mut Option<Decision>,
+) -> Result<Outcome, Error>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let (parts, body) = req.into_parts();
+    let limits = &rt.config.limits;
+    let origin = parts.headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok());
+
+    // auth → admit: a key in the head is checked (and rate-limited) before the body is read.
+    let head_cred = admit::head_credential(rt, &parts)?;
+    if let Some(cred) = &head_cred {
+        admit::admit(state, rt, cred, origin, ip, rate)?;
+    }
+
+    // read body → decode → the body's key when the head had none.
+    let encoding = decode::check_headers(&parts.headers, limits)?;
+    let timeout = Duration::from_millis(rt.config.server.body_read_timeout_ms);
+    let bytes = decode::read_body(body, encoding, limits, timeout).await?;
+    state.metrics.request_body_bytes.with_label_values(&[route.name]).observe(bytes.len() as f64);
+    let received_at = (state.clocks.wall)();
+    let payload = decode::parse_body(&bytes, route.batch, limits)?;
+    let cred = match head_cred {
+        Some(c) => c,
+        None => admit::body_credential(state, rt, &payload, origin, ip, rate)?,
+    };
+    let source = cred.source.clone();
+    let key = cred.key().ok_or(AuthError::Invalid)?;
+    tracing::Span::current().record("source_id", &*source.id);
+
+    // per event: normalise (with consent) → type check → consent policy → contracts.
+    let received_at_text = received_at.format();
+    let client_ip = ip.to_string();
+    let cx = RequestContext {
+        path_type: route.path_type,
+        received_at,
+        received_at_text: &received_at_text,
+        batch_sent_at: decode::batch_sent_at(&payload),
+        client_ip: &client_ip,
+        source_id: &source.id,
+        consent: &source.consent,
+    };
+    let mut events = events::Events::new(state, rt, &source, key);
+    events.consider_all(&payload, &cx, limits);
+    drop(payload);
+
+    // sink size → dedup reserve → quota → publish → settle.
+    Ok(commit::commit(events, received_at).await)
+}
