@@ -143,12 +143,28 @@ pub struct RawServer {
     /// Only that one is read.
     #[serde(default)]
     pub forwarded_header: ForwardedHeader,
-    /// Concurrent connections; the accept loop waits when the cap is reached.
+    /// Concurrent connections; the accept loop waits when the cap is reached, and connections
+    /// with no request in flight close to make room for the waiting client.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// A client must finish sending its request headers within this time (slowloris guard).
+    /// A client must finish sending its request headers within this time (slowloris guard):
+    /// from accept to the first complete request head on every protocol (HTTP/1.1 and HTTP/2,
+    /// including the bytes that tell them apart), and for every later HTTP/1.1 head, counted
+    /// from the end of the previous answer.
     #[serde(default = "default_header_read_timeout_ms")]
     pub header_read_timeout_ms: u64,
+    /// A connection with no request in flight for this long is closed (HTTP/2 with GOAWAY).
+    /// HTTP/1.1 keep-alive connections are already closed after `header_read_timeout_ms` without
+    /// a new head, so this bounds them only when it is the shorter of the two.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// HTTP/2: a PING is sent after this long without a frame from the client…
+    #[serde(default = "default_http2_keep_alive_interval_ms")]
+    pub http2_keep_alive_interval_ms: u64,
+    /// …and the connection is closed when its answer takes longer than this (a dead peer holds
+    /// no slot, even with a request in flight).
+    #[serde(default = "default_http2_keep_alive_timeout_ms")]
+    pub http2_keep_alive_timeout_ms: u64,
     /// Largest request head hyper buffers (HTTP/1 `max_buf_size`).
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
@@ -362,6 +378,15 @@ fn default_max_connections() -> usize {
 fn default_header_read_timeout_ms() -> u64 {
     10_000
 }
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+fn default_http2_keep_alive_interval_ms() -> u64 {
+    20_000
+}
+fn default_http2_keep_alive_timeout_ms() -> u64 {
+    10_000
+}
 fn default_max_header_bytes() -> usize {
     64 * 1024
 }
@@ -488,6 +513,9 @@ impl Default for RawServer {
             forwarded_header: ForwardedHeader::default(),
             max_connections: default_max_connections(),
             header_read_timeout_ms: default_header_read_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            http2_keep_alive_interval_ms: default_http2_keep_alive_interval_ms(),
+            http2_keep_alive_timeout_ms: default_http2_keep_alive_timeout_ms(),
             max_header_bytes: default_max_header_bytes(),
             body_read_timeout_ms: default_body_read_timeout_ms(),
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
@@ -580,6 +608,9 @@ pub struct ServerConfig {
     pub client_ip: ClientIpRule,
     pub max_connections: usize,
     pub header_read_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub http2_keep_alive_interval_ms: u64,
+    pub http2_keep_alive_timeout_ms: u64,
     pub max_header_bytes: usize,
     pub body_read_timeout_ms: u64,
     pub shutdown_timeout_ms: u64,
@@ -1021,8 +1052,15 @@ impl RawConfig {
         if self.server.max_connections == 0 {
             bad("server.max_connections must be at least 1".into());
         }
-        if self.server.header_read_timeout_ms == 0 {
-            bad("server.header_read_timeout_ms must be at least 1".into());
+        for (name, ms) in [
+            ("header_read_timeout_ms", self.server.header_read_timeout_ms),
+            ("idle_timeout_ms", self.server.idle_timeout_ms),
+            ("http2_keep_alive_interval_ms", self.server.http2_keep_alive_interval_ms),
+            ("http2_keep_alive_timeout_ms", self.server.http2_keep_alive_timeout_ms),
+        ] {
+            if ms == 0 {
+                bad(format!("server.{name} must be at least 1"));
+            }
         }
         if self.server.max_header_bytes < 8192 {
             bad("server.max_header_bytes must be at least 8192 (hyper's minimum)".into());
@@ -1247,6 +1285,9 @@ impl RawConfig {
                 client_ip: ClientIpRule { trusted: trusted_proxies, header: self.server.forwarded_header },
                 max_connections: self.server.max_connections,
                 header_read_timeout_ms: self.server.header_read_timeout_ms,
+                idle_timeout_ms: self.server.idle_timeout_ms,
+                http2_keep_alive_interval_ms: self.server.http2_keep_alive_interval_ms,
+                http2_keep_alive_timeout_ms: self.server.http2_keep_alive_timeout_ms,
                 max_header_bytes: self.server.max_header_bytes,
                 body_read_timeout_ms: self.server.body_read_timeout_ms,
                 shutdown_timeout_ms: self.server.shutdown_timeout_ms,
@@ -1389,6 +1430,33 @@ mod tests {
         assert_eq!(set.worker_threads(2), 3);
         let err = load("[server]\nworker_threads = 0\n").unwrap_err();
         assert!(err.problems.iter().any(|p| p.contains("server.worker_threads")), "{:?}", err.problems);
+    }
+
+    #[test]
+    fn connection_timeouts_have_defaults_and_must_be_positive() {
+        let source = "[[sources]]\nid = \"s\"\nkeys = [{ key = \"k\" }]\n";
+        let load = |text: &str| Config::from_toml("f.toml", &format!("{text}{source}"), &Overrides::default());
+        let d = load("").unwrap().server;
+        assert_eq!(
+            (
+                d.header_read_timeout_ms,
+                d.idle_timeout_ms,
+                d.http2_keep_alive_interval_ms,
+                d.http2_keep_alive_timeout_ms
+            ),
+            (10_000, 60_000, 20_000, 10_000)
+        );
+        let zero = "[server]\nheader_read_timeout_ms = 0\nidle_timeout_ms = 0\nhttp2_keep_alive_interval_ms = 0\nhttp2_keep_alive_timeout_ms = 0\n";
+        let err = load(zero).unwrap_err();
+        for key in
+            ["header_read_timeout_ms", "idle_timeout_ms", "http2_keep_alive_interval_ms", "http2_keep_alive_timeout_ms"]
+        {
+            assert!(
+                err.problems.iter().any(|p| p.contains(&format!("server.{key} must be at least 1"))),
+                "{key}: {:?}",
+                err.problems
+            );
+        }
     }
 
     #[test]

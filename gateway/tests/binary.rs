@@ -120,32 +120,69 @@ fn check_reports_every_problem_with_the_path() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_and_exits_zero_with_everything_on_disk() {
+async fn sigterm_drains_requests_in_flight_and_exits_zero_with_everything_on_disk() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const N: usize = 5;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "bin-key");
     let (mut child, addr, logs) = start(&config);
+    // N requests whose bodies are half sent when the signal comes.
+    let mut conns = Vec::new();
+    for i in 0..N {
+        let body = format!(r#"{{"userId":"u","event":"e","messageId":"drain-{i}"}}"#);
+        let head = format!(
+            "POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Write-Key: bin-key\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let (first, rest) = body.split_at(body.len() / 2);
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(format!("{head}{first}").as_bytes()).await.unwrap();
+        conns.push((c, rest.to_string()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = String::from_utf8(request(addr, "GET", "/metrics", &[], b"").await.body).unwrap();
+        if text.lines().any(|l| l == format!("gateway_http_requests_in_flight {N}")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the requests did not start:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&child, "TERM");
+    // The listener closes at once; the requests in flight are still waiting for their bodies.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "new connections are still accepted after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the gateway exited with requests in flight");
+    // The rest of each body trickles in after the signal, a few bytes at a time.
     let mut tasks = Vec::new();
-    for i in 0..30 {
+    for (mut c, rest) in conns {
         tasks.push(tokio::spawn(async move {
-            let body = format!(r#"{{"userId":"u","event":"e","messageId":"bin-{i}"}}"#);
-            request(
-                addr,
-                "POST",
-                "/v1/track",
-                &[("Content-Type", "application/json"), ("X-Write-Key", "bin-key")],
-                body.as_bytes(),
-            )
-            .await
-            .status
+            for piece in rest.as_bytes().chunks(8) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                c.write_all(piece).await.unwrap();
+            }
+            let mut answer = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut answer)).await.unwrap().unwrap();
+            answer
         }));
     }
     for t in tasks {
-        assert_eq!(t.await.unwrap(), 200);
+        let answer = t.await.unwrap();
+        assert!(!answer.is_empty(), "a request in flight was cut off by the shutdown");
+        let r = parse_response(&answer);
+        assert_eq!((r.status, r.json()), (200, serde_json::json!({"success": true})));
     }
-    signal(&child, "TERM");
     let status = wait_exit(&mut child, Duration::from_secs(15));
     assert_eq!(status.code(), Some(0));
-    assert_eq!(log_events(&dir.path().join("data"), "events").len(), 30);
+    let mut ids: Vec<String> = log_events(&dir.path().join("data"), "events")
+        .iter()
+        .map(|e| e["messageId"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (0..N).map(|i| format!("drain-{i}")).collect::<Vec<_>>());
     // Logs are JSON and never carry the key.
     let all: Vec<String> = logs.try_iter().collect();
     assert!(all.iter().any(|l| l.contains("stopped")), "{all:?}");

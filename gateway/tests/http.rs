@@ -608,20 +608,42 @@ async fn slow_headers_are_cut_off() {
 async fn connection_cap_holds_new_connections_until_one_closes() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = TestServer::memory_with(&server_config("max_connections = 2")).await;
-    let c1 = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    let c2 = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Two requests in flight hold the cap: their bodies are half sent. (Idle connections would
+    // not: at the cap they close to make room, see tests/connections.rs.)
+    let head = |close: &str| {
+        format!("POST /v1/t HTTP/1.1\r\nHost: x\r\n{close}Content-Type: text/plain\r\nX-Write-Key: {KEY}\r\nContent-Length: {}\r\n\r\n", TRACK.len())
+    };
+    let (first, rest) = TRACK.split_at(TRACK.len() / 2);
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(format!("{}{first}", head("")).as_bytes()).await.unwrap();
+        busy.push(c);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while s.state.metrics.in_flight.get() != 2 {
+        assert!(std::time::Instant::now() < deadline, "the two requests did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut c3 = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    let req = format!("POST /v1/t HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: text/plain\r\nX-Write-Key: {KEY}\r\nContent-Length: {}\r\n\r\n{TRACK}", TRACK.len());
-    c3.write_all(req.as_bytes()).await.unwrap();
+    c3.write_all(format!("{}{TRACK}", head("Connection: close\r\n")).as_bytes()).await.unwrap();
     let mut buf = [0u8; 64];
     let early = tokio::time::timeout(Duration::from_millis(500), c3.read(&mut buf)).await;
     assert!(early.is_err(), "a third connection was served over a cap of 2");
     assert_eq!(s.state.metrics.open_connections.get(), 2);
-    drop(c1);
+    // One request completes. Its connection was not asked to close while the request was in
+    // flight (no `Connection: close`), but once idle it makes room: the third one is served.
+    busy[0].write_all(rest.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), busy[0].read_to_end(&mut answer)).await.unwrap().unwrap();
+    let r = parse_response(&answer);
+    assert_eq!((r.status, r.header("connection")), (200, None), "{r:?}");
     let n = tokio::time::timeout(Duration::from_secs(3), c3.read(&mut buf)).await.unwrap().unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
-    drop(c2);
+    busy[1].write_all(rest.as_bytes()).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(3), busy[1].read(&mut buf)).await.unwrap().unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    assert_eq!(s.published().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
