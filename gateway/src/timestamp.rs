@@ -1,5 +1,5 @@
-//! Timestamps on the hot path: RFC 3339 parsing and `YYYY-MM-DDTHH:MM:SS.mmmZ` formatting as
-//! nanoseconds since the Unix epoch.
+//! Timestamps on the hot path: ISO 8601 parsing (RFC 3339 and the looser forms Segment
+//! documents) and `YYYY-MM-DDTHH:MM:SS.mmmZ` formatting, as nanoseconds since the Unix epoch.
 //!
 //! Owns: the text ↔ instant conversion of event timestamps. Must not: read the clock except in
 //! [`Timestamp::now`].
@@ -40,17 +40,15 @@ impl Timestamp {
         (MIN..=MAX).contains(&self.0).then_some(self)
     }
 
-    /// Parses RFC 3339: `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`. `t`/`z` and a space for
-    /// `T` are accepted (RFC 3339 §5.6 note); a leap second `:60` is read as `:59`.
+    /// Parses the ISO 8601 date-times Segment's libraries and users send:
+    /// `YYYY-MM-DD(T|t| )HH:MM[:SS[(.|,)fraction]](Z|z|±HH[[:]MM])`. The fraction may have any
+    /// number of digits (read to the nanosecond); the seconds may be left out (`14:30Z`); the
+    /// offset may be written `+01:00`, `+0100` or `+01`. A leap second `:60` is read as `:59`.
+    /// What is refused: no offset (a local time names no instant), a date alone, week or
+    /// ordinal dates, the basic format without separators, out-of-range fields.
     pub fn parse(s: &str) -> Option<Timestamp> {
         let b = s.as_bytes();
-        if b.len() < 20
-            || b[4] != b'-'
-            || b[7] != b'-'
-            || !matches!(b[10], b'T' | b't' | b' ')
-            || b[13] != b':'
-            || b[16] != b':'
-        {
+        if b.len() < 17 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' {
             return None;
         }
         let year = digits(&b[0..4])? as i64;
@@ -58,7 +56,12 @@ impl Timestamp {
         let day = digits(&b[8..10])?;
         let hour = digits(&b[11..13])?;
         let minute = digits(&b[14..16])?;
-        let second = digits(&b[17..19])?;
+        let mut i = 16;
+        let mut second = 0;
+        if b[i] == b':' {
+            second = digits(b.get(17..19)?)?;
+            i = 19;
+        }
         if year == 0 || !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
             return None;
         }
@@ -66,9 +69,10 @@ impl Timestamp {
             return None;
         }
         let second = second.min(59);
-        let mut i = 19;
         let mut nanos: i128 = 0;
-        if b.get(i) == Some(&b'.') {
+        // A fraction only follows seconds (ISO 8601's fractions of a minute are not sent by
+        // anyone and would read as a different instant if misparsed).
+        if i == 19 && matches!(b.get(i), Some(b'.' | b',')) {
             i += 1;
             let start = i;
             let mut scale = 100_000_000i128;
@@ -83,9 +87,14 @@ impl Timestamp {
         }
         let offset_s: i128 = match b.get(i) {
             Some(b'Z' | b'z') if i + 1 == b.len() => 0,
-            Some(sign @ (b'+' | b'-')) if i + 6 == b.len() && b[i + 3] == b':' => {
-                let h = digits(&b[i + 1..i + 3])?;
-                let m = digits(&b[i + 4..i + 6])?;
+            Some(sign @ (b'+' | b'-')) => {
+                let off = &b[i + 1..];
+                let (h, m) = match off.len() {
+                    2 => (digits(off)?, 0),
+                    4 => (digits(&off[0..2])?, digits(&off[2..4])?),
+                    5 if off[2] == b':' => (digits(&off[0..2])?, digits(&off[3..5])?),
+                    _ => return None,
+                };
                 if h > 23 || m > 59 {
                     return None;
                 }
@@ -223,20 +232,55 @@ mod tests {
         }
     }
 
+    /// ISO 8601 forms beyond RFC 3339, each against the RFC 3339 text of the same instant.
     #[test]
-    fn rejects_what_is_not_rfc3339() {
+    fn parses_iso8601_beyond_rfc3339() {
+        for (iso, rfc) in [
+            ("2025-03-15T14:30:00+0100", "2025-03-15T14:30:00+01:00"),
+            ("2025-03-15T14:30:00.5-0530", "2025-03-15T14:30:00.5-05:30"),
+            ("2025-03-15T14:30:00+01", "2025-03-15T14:30:00+01:00"),
+            ("2025-03-15T14:30Z", "2025-03-15T14:30:00Z"),
+            ("2025-03-15T14:30+0200", "2025-03-15T14:30:00+02:00"),
+            ("2025-03-15t14:30z", "2025-03-15T14:30:00Z"),
+            ("2025-03-15T14:30:00.1Z", "2025-03-15T14:30:00.100Z"),
+            ("2025-03-15T14:30:00,25Z", "2025-03-15T14:30:00.25Z"),
+            ("2025-03-15T14:30:00.123456789123456Z", "2025-03-15T14:30:00.123456789Z"),
+            ("2025-03-15 14:30:00Z", "2025-03-15T14:30:00Z"),
+        ] {
+            assert_eq!(Timestamp::parse(iso).map(|t| t.0), reference(rfc), "{iso}");
+            assert!(reference(rfc).is_some(), "{rfc}");
+        }
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_date_time() {
         for s in [
             "",
             "2025-03-15",
             "2025-03-15T14:30:00",
+            "2025-03-15T14:30",
+            "2025-03-15T14Z",
+            "2025-03-15T14:30:Z",
+            "2025-03-15T14:30:0Z",
             "2025-03-15T14:30:00.Z",
+            "2025-03-15T14:30.5Z",
             "2025-13-01T00:00:00Z",
             "2025-02-29T00:00:00Z",
             "2025-03-15T24:00:00Z",
-            "2025-03-15T14:30:00+0100",
+            "2025-03-15T14:60Z",
+            "2025-03-15T14:30:00+1",
+            "2025-03-15T14:30:00+010",
+            "2025-03-15T14:30:00+01:0",
+            "2025-03-15T14:30:00+01000",
+            "2025-03-15T14:30:00+01-00",
+            "2025-03-15T14:30:00+2400",
+            "2025-03-15T14:30:00+0160",
             "2025-03-15T14:30:00Zjunk",
+            "2025-03-15T14:30:00+01:00Z",
             "0000-01-01T00:00:00Z",
             "03/15/2025 14:30",
+            "20250315T143000Z",
+            "2025-W11-6T14:30:00Z",
             "２０２５-03-15T14:30:00Z",
         ] {
             assert_eq!(Timestamp::parse(s), None, "{s}");

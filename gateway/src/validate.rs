@@ -1088,8 +1088,9 @@ mod tape {
     use jsonschema::types::JsonType;
     use serde_json::Value;
 
-    /// Deeper than this is refused (serde_json's own limit, which decode already applied).
-    const MAX_DEPTH: u32 = 128;
+    // Deeper than this is refused. Decode refuses it too, for every subtree it forwards (one
+    // shared constant), so an event decode wrote always parses here.
+    use crate::decode::MAX_DEPTH;
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     enum Kind {

@@ -87,6 +87,7 @@ pub const EVENT_CODES: &[&str] = &[
     "missing_user_id",
     "invalid_field",
     "invalid_timestamp",
+    "invalid_json",
     "event_too_large",
     "invalid_consent",
 ];
@@ -315,6 +316,7 @@ mod tests {
             InvalidTimestamp { field: "timestamp" },
             TooLarge { size: 2, limit: 1 },
             InvalidConsent("x".into()),
+            InvalidJson { member: "properties".into(), reason: crate::decode::Unfit::TooDeep },
         ];
         all.iter().for_each(|e| match e {
             NotAnObject
@@ -327,7 +329,8 @@ mod tests {
             | InvalidField { .. }
             | InvalidTimestamp { .. }
             | TooLarge { .. }
-            | InvalidConsent(_) => {}
+            | InvalidConsent(_)
+            | InvalidJson { .. } => {}
         });
         all
     }
