@@ -18,6 +18,12 @@
 # processes, warms up for 2 s, loads for DURATION s, and reports events/s, p50/p99 latency and
 # the CPU µs per event of the gateway, the broker and wrk (read from procfs), then the median
 # over RUNS. Results are appended to bench-results/e2e.tsv. Needs wrk (Debian) and python3.
+#
+# Only 2xx answers count as events (wrk's Lua `response` hook counts them per thread; this
+# costs wrk ≈1.5–2 µs of CPU per response). A run with any non-2xx answer or socket error
+# (connect, read, write, timeout) is still written, with valid=no, and the script exits after
+# its last run with status 3 (other failures exit with another status): such a row measures a gateway that refused
+# or dropped work, not its throughput.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO="$(pwd)"
@@ -36,6 +42,7 @@ OUT="$REPO/bench-results"
 mkdir -p "$OUT"
 WORK="$(mktemp -d)"
 PIDS=()
+INVALID=0
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   [ "$SINK" = kafka ] && scripts/tansu.sh stop >/dev/null 2>&1 || true
@@ -49,7 +56,9 @@ cargo run --release -q -p gateway-benches --example gen_payloads "$WORK/payloads
 
 cat >"$WORK/post.lua" <<'LUA'
 -- wrk script: POST the body file given in BODY_FILE with the bench write key. With
--- UNIQUE_IDS=1 every event gets a fresh messageId (thread id + counter).
+-- UNIQUE_IDS=1 every event gets a fresh messageId (RUN_ID + thread id + counter; RUN_ID differs
+-- per wrk process, so the measured run never repeats the warm-up's ids). Counts the 2xx
+-- answers per thread and prints one E2E_SUMMARY line at the end.
 local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
 local body = f:read("*a")
 f:close()
@@ -62,10 +71,27 @@ local template, n = nil, 0
 if unique then
   template = body:gsub('"type":"track"', '"messageId":"MSGID","type":"track"')
 end
-local threads = 0
+local run_id = os.getenv("RUN_ID") or "run"
+local threads = {}
 function setup(thread)
-  threads = threads + 1
-  thread:set("tid", threads)
+  table.insert(threads, thread)
+  thread:set("tid", #threads)
+end
+-- Per thread (each has its own Lua state): answers with a 2xx status.
+ok_2xx = 0
+function response(status, headers, body)
+  if status >= 200 and status < 300 then
+    ok_2xx = ok_2xx + 1
+  end
+end
+function done(summary, latency, requests)
+  local ok = 0
+  for _, t in ipairs(threads) do
+    ok = ok + t:get("ok_2xx")
+  end
+  local e = summary.errors
+  io.write(string.format("E2E_SUMMARY duration_us=%d requests=%d ok_2xx=%d connect=%d read=%d write=%d timeout=%d\n",
+    summary.duration, summary.requests, ok, e.connect, e.read, e.write, e.timeout))
 end
 -- Only with UNIQUE_IDS: a `request` function makes wrk call Lua for every request, which costs
 -- it ≈2× the CPU; without one, wrk sends its prebuilt request.
@@ -73,7 +99,7 @@ if unique then
   function request()
     local b = template:gsub("MSGID", function()
       n = n + 1
-      return tostring(tid or 0) .. "-" .. tostring(n)
+      return run_id .. "-" .. tostring(tid or 0) .. "-" .. tostring(n)
     end)
     return wrk.format(nil, nil, nil, b)
   end
@@ -127,7 +153,8 @@ EOF
   for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$port/ready" >/dev/null 2>&1 && break; sleep 0.05; done
   curl -sf "http://127.0.0.1:$port/ready" >/dev/null || { echo "gateway not ready"; cat "$WORK/gateway.log"; exit 1; }
   # Warm-up (also pays the idempotent producer's first-delivery cost).
-  BODY_FILE="$body" wrk -t2 -c"$conns" -d2s -s "$WORK/post.lua" "http://127.0.0.1:$port$path" >/dev/null
+  BODY_FILE="$body" RUN_ID="warm-$RANDOM$RANDOM" wrk -t2 -c"$conns" -d2s -s "$WORK/post.lua" \
+    "http://127.0.0.1:$port$path" >/dev/null
   local g0 b0=0 g1 b1=0
   g0="$(cpu_ticks "$gw")"; [ -n "$broker_pid" ] && b0="$(cpu_ticks "$broker_pid")"
   local wrk_out="$WORK/wrk.txt" perf_pid=""
@@ -135,38 +162,68 @@ EOF
     perf record -q -e cpu-clock ${PERF_ARGS:--F 1999} -p "$gw" -o "$OUT/perf-$scenario.data" -- sleep "$DURATION" 2>/dev/null &
     perf_pid=$!
   fi
-  /usr/bin/time -f "%U %S" -o "$WORK/wrk.time" env BODY_FILE="$body" UNIQUE_IDS="$UNIQUE_IDS" \
+  /usr/bin/time -f "%U %S" -o "$WORK/wrk.time" env BODY_FILE="$body" UNIQUE_IDS="$UNIQUE_IDS" RUN_ID="run-$RANDOM$RANDOM" \
     wrk -t2 -c"$conns" -d"${DURATION}s" --latency -s "$WORK/post.lua" "http://127.0.0.1:$port$path" >"$wrk_out"
   g1="$(cpu_ticks "$gw")"; [ -n "$broker_pid" ] && b1="$(cpu_ticks "$broker_pid")"
   [ -n "$perf_pid" ] && wait "$perf_pid" 2>/dev/null || true
   local hz; hz="$(getconf CLK_TCK)"
-  python3 - "$wrk_out" "$WORK/wrk.time" "$per_req" "$g0" "$g1" "$b0" "$b1" "$hz" "$scenario" "$LABEL" "$OUT/e2e.tsv" <<'PY'
-import re, sys, time
+  local rc=0
+  python3 - "$wrk_out" "$WORK/wrk.time" "$per_req" "$g0" "$g1" "$b0" "$b1" "$hz" "$scenario" "$LABEL" "$OUT/e2e.tsv" <<'PY' || rc=$?
+import os, re, sys, time
 wrk_out, wrk_time, per_req, g0, g1, b0, b1, hz, scenario, label, tsv = sys.argv[1:]
 text = open(wrk_out).read()
 per_req = int(per_req); hz = float(hz)
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-reqs = int(re.search(r"(\d+) requests in", text).group(1))
-non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", text)) else 0
-errors = re.search(r"Socket errors: (.*)", text)
+m = re.search(r"^E2E_SUMMARY (.*)$", text, re.M)
+if not m:
+    sys.exit(f"no E2E_SUMMARY line in the wrk output:\n{text}")
+s = {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+# Only 2xx answers are events; everything else makes the row invalid.
+non2xx = s["requests"] - s["ok_2xx"]
+socket = {k: s[k] for k in ("connect", "read", "write", "timeout")}
+socket_errors = ", ".join(f"{k} {v}" for k, v in socket.items()) if any(socket.values()) else "none"
+valid = non2xx == 0 and socket_errors == "none"
 def lat(p):
     m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
     v, u = float(m.group(1)), m.group(2)
     return v / 1000 if u == "us" else v * 1000 if u == "s" else v
-events = reqs * per_req
+events = s["ok_2xx"] * per_req
 gw_cpu = (int(g1) - int(g0)) / hz
 br_cpu = (int(b1) - int(b0)) / hz
 wu, ws = map(float, open(wrk_time).read().split()[-2:])
-row = dict(label=label, scenario=scenario, events_per_s=round(rps * per_req), p50_ms=lat(50), p99_ms=lat(99),
-           gw_cpu_us_per_event=round(gw_cpu / events * 1e6, 2), broker_cpu_s=round(br_cpu, 1),
-           wrk_cpu_s=round(wu + ws, 1), non2xx=non2xx, socket_errors=errors.group(1) if errors else "none")
+row = dict(label=label, scenario=scenario, events_per_s=round(events / (s["duration_us"] / 1e6)), p50_ms=lat(50),
+           p99_ms=lat(99), gw_cpu_us_per_event=round(gw_cpu / events * 1e6, 2) if events else "",
+           broker_cpu_s=round(br_cpu, 1), wrk_cpu_s=round(wu + ws, 1), non2xx=non2xx, socket_errors=socket_errors,
+           valid="yes" if valid else "no")
 print("\t".join(f"{k}={v}" for k, v in row.items()))
-new = not __import__("os").path.exists(tsv)
+header = "date\t" + "\t".join(row) + "\n"
+if os.path.exists(tsv):
+    lines = open(tsv).read().splitlines(keepends=True)
+    if lines and lines[0] != header and lines[0].rstrip("\n") + "\tvalid\n" == header:
+        # Rows from before the valid column: valid when they had no non-2xx and no socket error.
+        cols = lines[0].rstrip("\n").split("\t")
+        def mark(line):
+            r = dict(zip(cols, line.rstrip("\n").split("\t")))
+            ok = r.get("non2xx") == "0" and r.get("socket_errors") == "none"
+            return line.rstrip("\n") + ("\tyes\n" if ok else "\tno\n")
+        lines = [header] + [mark(l) for l in lines[1:] if l.strip()]
+        with open(tsv, "w") as f:
+            f.writelines(lines)
+    elif lines and lines[0] != header:
+        sys.exit(f"{tsv} has other columns than {header.split()}: move it away")
 with open(tsv, "a") as f:
-    if new:
-        f.write("date\t" + "\t".join(row) + "\n")
+    if f.tell() == 0:
+        f.write(header)
     f.write(time.strftime("%Y-%m-%dT%H:%M:%S") + "\t" + "\t".join(str(v) for v in row.values()) + "\n")
+if not valid:
+    print(f"INVALID run: {non2xx} non-2xx answers of {s['requests']}, socket errors: {socket_errors} "
+          "(written with valid=no; events/s counts 2xx only)", file=sys.stderr)
+    sys.exit(3)
 PY
+  case "$rc" in
+    0) ;;
+    3) INVALID=1 ;;
+    *) exit "$rc" ;;
+  esac
   kill "$gw" 2>/dev/null || true
   wait "$gw" 2>/dev/null || true
   [ "$SINK" = kafka ] && scripts/tansu.sh stop >/dev/null 2>&1 || true
@@ -178,3 +235,7 @@ for scenario in $SCENARIOS; do
     run_one "$scenario"
   done
 done
+if [ "$INVALID" != 0 ]; then
+  echo "e2e: some runs had non-2xx answers or socket errors (valid=no in $OUT/e2e.tsv); their figures are not throughput" >&2
+  exit 3
+fi

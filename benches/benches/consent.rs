@@ -4,6 +4,9 @@
 //! `baseline/borrowed_map_parse` parses the benches' ≈600-byte track event into a map of
 //! borrowed raw values, a stand-in for the typed parse the target is relative to, measured in
 //! the same run so the ratio holds on a busy machine.
+//! `many_keys/*` sends client-chosen key counts (10,000 category booleans, and the 64 a valid
+//! object may carry): their cost must grow with the bytes, like validating the same bytes
+//! (`many_keys/baseline_raw_value/*`), not with the square of the key count.
 //! Run: `cargo bench -p gateway-benches --bench consent`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -67,5 +70,29 @@ fn parse_forms(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, tcf_decode, parse_forms);
+/// `{"c0":true,"c1":true,…}` with `n` distinct category names.
+fn categories_object(n: usize) -> String {
+    let members: Vec<String> = (0..n).map(|i| format!("\"c{i}\":true")).collect();
+    format!("{{{}}}", members.join(","))
+}
+
+fn many_keys(c: &mut Criterion) {
+    let mapping = PurposeMapping::default();
+    let mut g = c.benchmark_group("consent");
+    g.throughput(Throughput::Elements(1));
+    for n in [64, 10_000] {
+        let raw = categories_object(n);
+        // 64 categories is the most a valid object has; more is refused (`invalid_consent`).
+        assert_eq!(consent::parse_consent(&raw, &mapping).is_ok(), n <= 64, "{n} keys");
+        g.bench_function(format!("many_keys/parse/{n}_keys"), |b| {
+            b.iter(|| consent::parse_consent(black_box(&raw), &mapping).is_ok())
+        });
+        g.bench_function(format!("many_keys/baseline_raw_value/{n}_keys"), |b| {
+            b.iter(|| serde_json::from_str::<&RawValue>(black_box(&raw)).unwrap().get().len())
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, tcf_decode, parse_forms, many_keys);
 criterion_main!(benches);

@@ -1,6 +1,9 @@
 //! Contracts stage: one normalised 770-byte `Order Completed` event checked against the example
 //! plan (`contracts/example`) under `block`/`omit` policies, per verdict, next to the
-//! `serde_json::Value` parse the design avoids. Run: `cargo bench -p gateway-benches --bench contracts`.
+//! `serde_json::Value` parse the design avoids. `contracts-many-keys` sends the same event with
+//! 10,000 undeclared properties under `unplanned_properties = "omit"`: client-chosen keys must
+//! cost time linear in the event, like parsing it into a `Value` (the baseline next to it).
+//! Run: `cargo bench -p gateway-benches --bench contracts`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
@@ -66,5 +69,28 @@ fn contracts(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, contracts);
+fn many_keys(c: &mut Criterion) {
+    let plan = plan();
+    let omit = policies(UnplannedProperties::Omit, Violations::Block);
+    let extra: String = (0..10_000).map(|i| format!(r#""unplanned_{i}":{i},"#)).collect();
+    let event = order_completed(7, "99.99", &extra);
+    eprintln!("many keys: {} B", event.len());
+    let Verdict::Publish { payload: Some(payload), violations } = plan.check(&omit, event.as_bytes()).unwrap() else {
+        panic!("10,000 unplanned properties under omit must publish the event without them");
+    };
+    assert_eq!(payload.len(), order_completed(7, "99.99", "").len(), "every unplanned property is removed");
+    assert!(!violations.is_empty());
+
+    let mut g = c.benchmark_group("contracts-many-keys");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("10000_unplanned_properties/omit", |b| {
+        b.iter(|| plan.check(black_box(&omit), black_box(event.as_bytes())).unwrap())
+    });
+    g.bench_function("10000_unplanned_properties/serde_json::Value parse (baseline)", |b| {
+        b.iter(|| serde_json::from_str::<serde_json::Value>(black_box(&event)).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, contracts, many_keys);
 criterion_main!(benches);

@@ -1,7 +1,8 @@
 //! Dedup stage: reserve + confirm per event for 100-event batches (fresh ids, duplicate ids, and
 //! fresh ids into a full cache that must evict), then memory per entry at 1 M and 10 M ids.
 //! Run: `cargo bench -p gateway-benches --bench dedup` (memory figures print first; skip them
-//! with `DEDUP_BENCH_MEMORY=0`).
+//! with `DEDUP_BENCH_MEMORY=0`). Every iteration checks its verdicts with `assert!` (a
+//! `debug_assert!` would vanish in bench builds); the timed cases check outside the timed part.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use gateway::dedup::{Dedup, DedupConfig, ManualClock, Verdict, DEFAULT_TTL};
+use gateway::dedup::{Dedup, DedupConfig, ManualClock, DEFAULT_TTL};
 
 /// Counts live heap bytes, so the memory figures are the cache's own allocations.
 struct Counting;
@@ -155,12 +156,14 @@ fn reserve_confirm(c: &mut Criterion) {
                 let ids = batch(next, 100);
                 next += 100;
                 let started = Instant::now();
-                rt.block_on(async {
+                let counts = rt.block_on(async {
                     let mut r = d.reserve("bench-source", ids.iter().map(String::as_str), DEFAULT_TTL).await;
-                    debug_assert_eq!(r.counts().fresh, 100);
+                    let counts = r.counts();
                     r.confirm_all();
+                    counts
                 });
                 total += started.elapsed();
+                assert_eq!(counts.fresh, 100, "fresh ids below the bound: {counts:?}");
             }
             total
         })
@@ -174,8 +177,9 @@ fn reserve_confirm(c: &mut Criterion) {
         b.iter(|| {
             rt.block_on(async {
                 let r = d.reserve("bench-source", dup_ids.iter().map(String::as_str), DEFAULT_TTL).await;
-                debug_assert_eq!(r.counts().duplicate, 100);
-                black_box(r.counts())
+                let counts = r.counts();
+                assert_eq!(counts.duplicate, 100, "confirmed ids sent again: {counts:?}");
+                black_box(counts)
             })
         })
     });
@@ -192,12 +196,14 @@ fn reserve_confirm(c: &mut Criterion) {
                 let ids = batch(next, 100);
                 next += 100;
                 let started = Instant::now();
-                rt.block_on(async {
+                let counts = rt.block_on(async {
                     let mut r = d.reserve("bench-source", ids.iter().map(String::as_str), DEFAULT_TTL).await;
-                    debug_assert!(r.verdicts().all(|v| v == Verdict::Fresh));
+                    let counts = r.counts();
                     r.confirm_all();
+                    counts
                 });
                 total += started.elapsed();
+                assert_eq!(counts.fresh, 100, "fresh ids into a full cache evict, never refuse: {counts:?}");
             }
             total
         });

@@ -43,18 +43,21 @@
 //! and ignored (categories are always re-derived from the form); alone, its booleans are the
 //! pre-parsed form. Any other key next to `tcfString`/`usPrivacy` is an error (boolean: a second
 //! form; otherwise: unknown key), as is `gppString` (IAB GPP is not decoded yet). `{}` is the
-//! pre-parsed form with no category granted.
+//! pre-parsed form with no category granted. An object (or `categories`) with more keys than the
+//! largest valid one (64 categories and `categories`) is refused before its keys are compared:
+//! the keys are the client's choice, and their cost must stay linear in their bytes.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::{DecodePaddingMode, Engine as _};
-use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -86,6 +89,8 @@ pub enum ConsentError {
     BadCategoryName(String),
     #[error("context.consent has more than {MAX_CATEGORIES} categories")]
     TooManyCategories,
+    #[error("context.consent has more than {MAX_MEMBERS} keys; a consent form has at most {MAX_CATEGORIES} categories and 'categories'")]
+    TooManyKeys,
     #[error("'categories' in context.consent must be an object of booleans")]
     BadCategoriesKey,
     #[error("gppString (IAB GPP) is not supported; send tcfString or usPrivacy instead")]
@@ -143,6 +148,7 @@ impl ConsentError {
             MultipleForms(_) => "multiple_forms",
             NotBoolean(_) | BadCategoryName(_) | TooManyCategories => "invalid_category",
             UnknownKey { .. } => "unknown_key",
+            TooManyKeys => "too_many_keys",
             GppUnsupported => "gpp_unsupported",
             TcfEmpty | TcfEmptySegment { .. } | TcfBase64 { .. } => "tcf_encoding",
             TcfCoreNotFirst(_) | TcfVersion(_) => "tcf_version",
@@ -1211,8 +1217,21 @@ impl Consent {
 // A JSON object key or string, borrowed from the input when it has no escapes (decode's).
 use crate::decode::Str as JsonStr;
 
-/// The members of a JSON object in order, values unparsed.
-struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+/// At most this many members are kept of `context.consent` or its `categories` object: the
+/// largest valid one is the categories form, [`MAX_CATEGORIES`] booleans and `categories`. The
+/// keys are the client's choice, so the object is refused past it rather than looked at.
+const MAX_MEMBERS: usize = MAX_CATEGORIES + 1;
+
+/// Up to this many keys, the duplicate check compares each key with the earlier ones (cheaper
+/// than hashing the few keys a consent object has); past it, a hash set keeps it linear.
+const LINEAR_SCAN_MAX: usize = 16;
+
+/// The members of a JSON object in order, values unparsed: the first [`MAX_MEMBERS`], and how
+/// many there were in all (the rest are only skipped over, never stored).
+struct Members<'a> {
+    list: Vec<(Cow<'a, str>, &'a RawValue)>,
+    total: usize,
+}
 
 impl<'de> Deserialize<'de> for Members<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -1223,12 +1242,17 @@ impl<'de> Deserialize<'de> for Members<'de> {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(4).min(MAX_CATEGORIES + 4));
-                while let Some(JsonStr(k)) = map.next_key::<JsonStr<'de>>()? {
+                let mut list = Vec::with_capacity(map.size_hint().unwrap_or(4).min(MAX_MEMBERS));
+                while list.len() < MAX_MEMBERS {
+                    let Some(JsonStr(k)) = map.next_key::<JsonStr<'de>>()? else { break };
                     let v: &'de RawValue = map.next_value()?;
-                    out.push((k, v));
+                    list.push((k, v));
                 }
-                Ok(Members(out))
+                let mut total = list.len();
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {
+                    total += 1;
+                }
+                Ok(Members { list, total })
             }
         }
         d.deserialize_map(V)
@@ -1240,13 +1264,24 @@ fn parse_members(raw: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, ConsentErr
         return Err(ConsentError::NotAnObject);
     }
     let members = serde_json::from_str::<Members<'_>>(raw).map_err(|e| ConsentError::Json(e.to_string()))?;
-    let members = members.0;
-    for (i, (k, _)) in members.iter().enumerate() {
-        if members.iter().take(i).any(|(seen, _)| seen == k) {
-            return Err(ConsentError::DuplicateKey(echo(k)));
-        }
+    if members.total > MAX_MEMBERS {
+        return Err(ConsentError::TooManyKeys);
     }
-    Ok(members)
+    if let Some(k) = first_duplicate(members.list.iter().map(|(k, _)| k)) {
+        return Err(ConsentError::DuplicateKey(echo(k)));
+    }
+    Ok(members.list)
+}
+
+/// The first key that occurs a second time. Linear in the number of keys: a client choosing
+/// thousands of keys must cost what their bytes cost, not their count squared.
+fn first_duplicate<T: Eq + Hash + Copy>(mut keys: impl ExactSizeIterator<Item = T> + Clone) -> Option<T> {
+    if keys.len() <= LINEAR_SCAN_MAX {
+        let earlier = keys.clone();
+        return keys.enumerate().find(|&(i, k)| earlier.clone().take(i).any(|seen| seen == k)).map(|(_, k)| k);
+    }
+    let mut seen = HashSet::with_capacity(keys.len());
+    keys.find(|&k| !seen.insert(k))
 }
 
 fn as_bool(v: &RawValue) -> Option<bool> {
@@ -1353,7 +1388,11 @@ pub fn parse_consent(raw: &str, mapping: &PurposeMapping) -> Result<Consent, Con
     // The reserved `categories` object: always checked; used only when it is the only form.
     let written = match categories_key {
         Some(v) => {
-            let inner = parse_members(v.get()).map_err(|_| ConsentError::BadCategoriesKey)?;
+            let inner = parse_members(v.get()).map_err(|e| match e {
+                // Every member of `categories` is a category.
+                ConsentError::TooManyKeys => ConsentError::TooManyCategories,
+                _ => ConsentError::BadCategoriesKey,
+            })?;
             Some(category_booleans(inner.iter().map(|(k, v)| (&**k, *v))).map_err(|e| {
                 if matches!(e, ConsentError::NotBoolean(_)) {
                     ConsentError::BadCategoriesKey
@@ -2171,6 +2210,99 @@ mod tests {
         let long = "x".repeat(500);
         let e = parse(&format!(r#"{{"{long}":true}}"#)).unwrap_err();
         assert!(e.to_string().len() < 200, "{e}");
+    }
+
+    /// `{"c0":true,…}` with the names `c{from}`…`c{to - 1}` and `extra` members after them.
+    fn booleans(range: std::ops::Range<usize>, extra: &str) -> String {
+        let mut members: Vec<String> = range.map(|i| format!("\"c{i}\":true")).collect();
+        if !extra.is_empty() {
+            members.push(extra.to_owned());
+        }
+        format!("{{{}}}", members.join(","))
+    }
+
+    /// Issue #21: an object of thousands of client-chosen keys is refused as `invalid_consent`
+    /// (reason `too_many_keys`) without comparing its keys; up to the cap every valid object
+    /// still parses and duplicates are still found. Asserted by reason and message, not by
+    /// variant, so the test also runs against a build without the cap.
+    #[test]
+    fn ten_thousand_keys_are_refused_and_duplicates_still_found() {
+        let tcf = fixture("typical_100_vendors");
+        let others: Vec<String> = (0..10_000).map(|i| format!(r#""x{i}":"v""#)).collect();
+        for (what, raw) in [
+            ("10,000 category booleans", booleans(0..10_000, "")),
+            ("tcfString and 10,000 other keys", format!(r#"{{"tcfString":"{tcf}",{}}}"#, others.join(","))),
+            ("the cap plus one", booleans(0..MAX_CATEGORIES, r#""categories":{},"c64":true"#)),
+        ] {
+            let e = parse(&raw).unwrap_err();
+            assert_eq!((e.code(), e.reason()), ("invalid_consent", "too_many_keys"), "{what}: {e}");
+            assert_eq!(
+                e.to_string(),
+                "context.consent has more than 65 keys; a consent form has at most 64 categories and 'categories'"
+            );
+        }
+        // Inside `categories`, every key is a category.
+        let nested = format!(r#"{{"usPrivacy":"1YNN","categories":{}}}"#, booleans(0..10_000, ""));
+        assert_eq!(parse(&nested).unwrap_err().to_string(), "context.consent has more than 64 categories");
+
+        // The largest valid object: 64 categories and `categories`.
+        let full = parse(&booleans(0..MAX_CATEGORIES, r#""categories":{"c1":false}"#)).unwrap();
+        assert_eq!(full.categories().count(), MAX_CATEGORIES);
+        assert!(full.categories().all(|(_, granted)| granted), "categories next to booleans is ignored");
+        // Duplicates past the linear-scan size (hash set) and below it (scan), first and last.
+        for (raw, twice) in [
+            (booleans(0..MAX_CATEGORIES, r#""c0":false"#), "c0"),
+            (booleans(0..MAX_CATEGORIES, r#""c63":true"#), "c63"),
+            (booleans(0..3, r#""c2":true"#), "c2"),
+            (booleans(0..16, r#""c15":true"#), "c15"),
+        ] {
+            assert_eq!(parse(&raw).unwrap_err(), ConsentError::DuplicateKey(twice.into()), "{raw}");
+        }
+    }
+
+    thread_local! {
+        static COMPARISONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// A key that counts how often it is compared.
+    #[derive(Clone, Copy, Debug)]
+    struct Counted(u32);
+
+    impl PartialEq for Counted {
+        fn eq(&self, other: &Self) -> bool {
+            COMPARISONS.with(|c| c.set(c.get() + 1));
+            self.0 == other.0
+        }
+    }
+    impl Eq for Counted {}
+    impl std::hash::Hash for Counted {
+        fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+            self.0.hash(state);
+        }
+    }
+
+    /// Issue #21: the duplicate check compares each key with a bounded number of others, so
+    /// 10,000 keys cost ≈10,000 comparisons (all earlier keys would be ≈50 million).
+    #[test]
+    fn duplicate_check_is_linear_in_the_key_count() {
+        let compared = |keys: &[Counted]| {
+            COMPARISONS.with(|c| c.set(0));
+            let dup = first_duplicate(keys.iter().copied()).map(|k| k.0);
+            (dup, COMPARISONS.with(std::cell::Cell::get))
+        };
+        let n = 10_000;
+        let distinct: Vec<Counted> = (0..n).map(Counted).collect();
+        let (dup, comparisons) = compared(&distinct);
+        assert_eq!(dup, None);
+        assert!(comparisons <= 2 * n as usize, "{comparisons} comparisons for {n} distinct keys");
+        let mut repeated = distinct.clone();
+        repeated.push(Counted(n / 2));
+        let (dup, comparisons) = compared(&repeated);
+        assert_eq!(dup, Some(n / 2));
+        assert!(comparisons <= 2 * n as usize, "{comparisons} comparisons for {n} keys and a duplicate");
+        // The small case scans: a handful of keys, a handful of comparisons.
+        let (dup, comparisons) = compared(&[Counted(1), Counted(2), Counted(3), Counted(2)]);
+        assert_eq!((dup, comparisons), (Some(2), 5));
     }
 
     #[test]

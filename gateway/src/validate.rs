@@ -90,9 +90,10 @@
 //! event alone is ≈2 µs.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::fs;
+use std::hash::Hash;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -792,7 +793,9 @@ impl Plan {
             if let (Some(field), Some(schema)) = (selection.field, selection.schema) {
                 let unplanned = unplanned_keys(&doc, field, schema);
                 if !unplanned.is_empty() {
-                    for key in &unplanned {
+                    // Only the first ones are reported (`capped`): thousands of client-chosen
+                    // keys must not build thousands of messages to drop.
+                    for key in unplanned.iter().take(MAX_REPORTED_VIOLATIONS) {
                         reported.push(Violation {
                             pointer: pointer_to(field, key),
                             keyword: "unplanned_property".into(),
@@ -902,17 +905,73 @@ fn event_version(doc: &Doc<'_>) -> Option<u64> {
     text.parse::<u64>().ok().filter(|v| *v > 0)
 }
 
-/// Top-level keys of the payload that the schema does not declare (empty when it declares
-/// nothing, or when the payload is not an object).
+/// Top-level keys of the payload that the schema does not declare, once each, in the order
+/// sent (empty when it declares nothing, or when the payload is not an object).
 fn unplanned_keys(doc: &Doc<'_>, field: &str, schema: &Compiled) -> Vec<String> {
     let Some(payload) = doc.get(0, field) else { return Vec::new() };
+    let mut seen = KeySet::default();
     let mut keys: Vec<String> = Vec::new();
     for (key, _) in doc.members(payload) {
-        if schema.declares(key) == Some(false) && !keys.iter().any(|k| k == key) {
+        if schema.declares(key) == Some(false) && seen.insert(key) {
             keys.push(key.to_owned());
         }
     }
     keys
+}
+
+/// Up to this many keys, [`KeySet`] compares with each (cheaper than hashing the few keys an
+/// omission usually has); past it, a hash set keeps it linear.
+const LINEAR_SCAN_MAX: usize = 16;
+
+/// A set of the keys `omit` removes. The keys are the client's choice, so membership must cost
+/// O(1) whatever their number: thousands of them must cost what their bytes cost, not their
+/// count squared.
+struct KeySet<T> {
+    few: Vec<T>,
+    many: HashSet<T>,
+}
+
+impl<T> Default for KeySet<T> {
+    fn default() -> Self {
+        KeySet { few: Vec::new(), many: HashSet::new() }
+    }
+}
+
+impl<T: Eq + Hash + Copy> KeySet<T> {
+    /// Adds `key`; `false` when it was there already.
+    fn insert(&mut self, key: T) -> bool {
+        if self.contains(key) {
+            return false;
+        }
+        if !self.many.is_empty() {
+            self.many.insert(key);
+        } else if self.few.len() < LINEAR_SCAN_MAX {
+            self.few.push(key);
+        } else {
+            // From here on every key is in `many`, `few` stays empty.
+            self.many.extend(self.few.drain(..));
+            self.many.insert(key);
+        }
+        true
+    }
+
+    fn contains(&self, key: T) -> bool {
+        if self.many.is_empty() {
+            self.few.contains(&key)
+        } else {
+            self.many.contains(&key)
+        }
+    }
+}
+
+impl<T: Eq + Hash + Copy> FromIterator<T> for KeySet<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(keys: I) -> Self {
+        let mut set = KeySet::default();
+        for key in keys {
+            set.insert(key);
+        }
+        set
+    }
 }
 
 /// The event's text with the members `keys` of its payload object removed. Everything outside
@@ -922,13 +981,14 @@ fn without_keys(doc: &Doc<'_>, field: &str, keys: &[String]) -> String {
     let text = doc.text();
     let Some(payload) = doc.get(0, field).filter(|&i| doc.is_object(i)) else { return text.to_owned() };
     let (start, end) = doc.span(payload);
+    let keys: KeySet<&str> = keys.iter().map(String::as_str).collect();
     let mut out = String::with_capacity(text.len());
     out.push_str(text.get(..start).unwrap_or(""));
     out.push('{');
     let mut first = true;
     for (key, value) in doc.members_with_key_index(payload) {
         let name = doc.str_at(key).unwrap_or("");
-        if keys.iter().any(|k| k == name) {
+        if keys.contains(name) {
             continue;
         }
         if !first {
@@ -2336,6 +2396,85 @@ mod tests {
         let v = check(&plan, ("allow", "allow", "omit"), &event);
         assert_eq!(payload(&v)["properties"], json!({"plan": "pro"}));
         assert_eq!(v.violations().len(), 2);
+    }
+
+    /// A `Signed Up` event whose properties are `plan` and then `extra` (raw JSON members, so
+    /// that keys can repeat).
+    fn signed_up_text(extra: &str) -> String {
+        let mut event = track("Signed Up", json!({"plan": "pro"}));
+        event["properties"] = json!("PROPERTIES");
+        let text = serde_json::to_string(&event).unwrap();
+        text.replace(r#""PROPERTIES""#, &format!(r#"{{"plan":"pro",{extra}}}"#))
+    }
+
+    /// Issue #21: 10,000 undeclared properties (some sent twice, after the first thousands) are
+    /// all removed and each reported once, under `unplanned_properties = "omit"` and under
+    /// `violations = "omit"` (`additionalProperties: false`).
+    #[test]
+    fn ten_thousand_unplanned_properties_are_omitted_once_each() {
+        let plan = shop();
+        let n = 10_000;
+        let mut extra: Vec<String> = (0..n).map(|i| format!(r#""u{i}":{i}"#)).collect();
+        extra.extend([r#""u0":"again""#.to_owned(), r#""u17":"again""#.to_owned(), format!(r#""u{}":0"#, n - 1)]);
+        let text = signed_up_text(&extra.join(","));
+
+        let doc = plan.parse(&text).unwrap();
+        let schema = plan.track.get("Signed Up").and_then(|t| t.select(None)).unwrap();
+        let unplanned = unplanned_keys(&doc, "properties", schema);
+        let want: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
+        assert_eq!(unplanned, want, "once each, in the order sent");
+        assert_eq!(without_keys(&doc, "properties", &unplanned), signed_up_text("").replace(",}", "}"));
+
+        for policies in [("allow", "omit", "block"), ("allow", "allow", "omit")] {
+            let v = plan.check(&pol(policies.0, policies.1, policies.2), text.as_bytes()).unwrap();
+            assert_eq!(payload(&v)["properties"], json!({"plan": "pro"}), "{policies:?}");
+            assert_eq!(v.violations().len(), MAX_REPORTED_VIOLATIONS, "{policies:?}");
+            assert_eq!(v.violations()[1].pointer, "/properties/u1", "{policies:?}");
+        }
+    }
+
+    thread_local! {
+        static COMPARISONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// A key that counts how often it is compared.
+    #[derive(Clone, Copy, Debug)]
+    struct Counted(u32);
+
+    impl PartialEq for Counted {
+        fn eq(&self, other: &Self) -> bool {
+            COMPARISONS.with(|c| c.set(c.get() + 1));
+            self.0 == other.0
+        }
+    }
+    impl Eq for Counted {}
+    impl std::hash::Hash for Counted {
+        fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+            self.0.hash(state);
+        }
+    }
+
+    /// Issue #21: the key set of `omit` compares each key with a bounded number of others, so
+    /// 10,000 keys cost ≈10,000 comparisons (a list would be ≈50 million), and it still knows
+    /// every key it holds once it has switched from scanning to hashing.
+    #[test]
+    fn key_set_is_linear_in_the_key_count() {
+        let n = 10_000u32;
+        COMPARISONS.with(|c| c.set(0));
+        let mut set: KeySet<Counted> = (0..n).map(Counted).collect();
+        assert!(!set.insert(Counted(0)) && !set.insert(Counted(n - 1)), "already there");
+        let found = (0..2 * n).filter(|&i| set.contains(Counted(i))).count();
+        let comparisons = COMPARISONS.with(std::cell::Cell::get);
+        assert_eq!(found, n as usize);
+        assert!(comparisons <= 3 * n as usize, "{comparisons} comparisons for {n} keys and {} lookups", 2 * n);
+
+        // Across the switch from the scan to the hash set.
+        let mut set = KeySet::default();
+        for i in 0..40u32 {
+            assert!(set.insert(i), "{i} is new");
+            assert!((0..=i).all(|k| set.contains(k)) && !set.contains(i + 1), "after {i}");
+            assert!(!set.insert(i / 2), "{} is there", i / 2);
+        }
     }
 
     // ---- versions ---------------------------------------------------------------------------
