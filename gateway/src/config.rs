@@ -620,13 +620,8 @@ pub struct ServerConfig {
     pub worker_threads: Option<usize>,
 }
 
-/// Request size limits.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_request_bytes: usize,
-    pub max_event_bytes: usize,
-    pub max_batch_events: usize,
-}
+/// Request size limits (decode's own settings type, built here).
+pub use crate::decode::Limits;
 
 #[derive(Debug, Clone)]
 pub enum SinkConfig {

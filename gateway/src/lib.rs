@@ -32,7 +32,6 @@ pub mod http;
 pub mod ingest;
 pub mod ops;
 pub mod publish;
-pub mod timestamp;
 pub mod validate;
 
 use std::future::Future;
@@ -43,6 +42,7 @@ use tokio::net::TcpListener;
 
 pub use access::{auth, quota, ratelimit};
 pub use config::Config;
+pub use decode::timestamp;
 pub use http::{client_ip, respond, router, server};
 pub use ingest::AppState;
 pub use ops::{metrics, reload, shutdown};

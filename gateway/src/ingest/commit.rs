@@ -10,11 +10,11 @@ use std::time::Instant;
 
 use crate::access::AccessError;
 use crate::config::{Config, SinkConfig};
+use crate::decode::timestamp::Timestamp;
 use crate::decode::EventType;
 use crate::dedup::{self, Reservations, Verdict};
 use crate::publish::{Late, PublishError};
 use crate::quota::{EventCounts, QuotaDecision};
-use crate::timestamp::Timestamp;
 
 use super::events::Events;
 use super::outcome::{FailureKind, Outcome};
