@@ -414,6 +414,8 @@ def sent_messages(exchanges):
             if not isinstance(item, dict) or not isinstance(item.get("messageId"), str):
                 continue
             accepted = ok and i not in refused
+            if path in BATCH_PATHS:
+                item = with_batch_members(item, body)
             out.append({
                 "message": item,
                 "path_type": path_type,
@@ -468,6 +470,34 @@ def contains(expected, got, path):
     return [] if same(expected, got) else [f"{path}: expected {short(expected)}, got {short(got)}"]
 
 
+def with_batch_members(item, batch):
+    """The call as the gateway reads it: the batch's own `context` and `integrations` apply to
+    every call, member by member, and the call's own top-level members win whole."""
+    out = dict(item)
+    for name in ("context", "integrations"):
+        shared = batch.get(name)
+        if isinstance(shared, dict):
+            own = item.get(name) if isinstance(item.get(name), dict) else {}
+            merged = dict(shared)
+            merged.update(own)
+            out[name] = merged
+    return out
+
+
+def effective_sent_at(msg, batch_sent_at):
+    """The `sentAt` a call is corrected with and published with: its own when it is a date-time,
+    else the batch's when that is one; a `sentAt` that is not a date-time is ignored."""
+    for v in (msg.get("sentAt"), batch_sent_at):
+        if instant(v) is not None:
+            return v
+    return None
+
+
+def device_time(msg):
+    """The device's clock when the call happened: `originalTimestamp`, else `timestamp`."""
+    return msg.get("originalTimestamp") if msg.get("originalTimestamp") is not None else msg.get("timestamp")
+
+
 def instant(text):
     """An RFC 3339 date-time as an aware datetime, or None."""
     if not isinstance(text, str):
@@ -517,8 +547,8 @@ def compare(sent, record):
     # Timestamps.
     received = instant(record.get("receivedAt"))
     expect(received is not None, f"receivedAt is not an RFC 3339 date-time: {short(record.get('receivedAt'))}")
-    ts_raw = msg.get("timestamp") if msg.get("timestamp") is not None else msg.get("originalTimestamp")
-    sent_at = msg.get("sentAt") if msg.get("sentAt") is not None else sent["batch_sent_at"]
+    ts_raw = device_time(msg)
+    sent_at = effective_sent_at(msg, sent["batch_sent_at"])
     delivered_ts = instant(record.get("timestamp"))
     expect(delivered_ts is not None, f"timestamp is not an RFC 3339 date-time: {short(record.get('timestamp'))}")
     if ts_raw is not None:
@@ -537,12 +567,12 @@ def compare(sent, record):
         expect("originalTimestamp" not in record, "originalTimestamp: no timestamp was sent, yet one is delivered")
         expect(record.get("timestamp") == record.get("receivedAt"),
                "timestamp: none was sent, so it must be receivedAt")
-    if msg.get("sentAt") is not None:
+    if sent_at is not None:
         allowed.add("sentAt")
-        expect(same(record.get("sentAt"), msg["sentAt"]),
-               f"sentAt: sent {short(msg['sentAt'])}, delivered {short(record.get('sentAt'))}")
+        expect(same(record.get("sentAt"), sent_at),
+               f"sentAt: sent {short(sent_at)}, delivered {short(record.get('sentAt'))}")
     else:
-        expect("sentAt" not in record, "sentAt: none was sent with the message, yet one is delivered")
+        expect("sentAt" not in record, "sentAt: none was sent with the message or its batch, yet one is delivered")
 
     # context: as sent, plus the client IP unless the client set one.
     ctx = record.get("context")
@@ -877,8 +907,9 @@ def fake_normalise(msg, path_type, batch_sent_at, received):
     if ctx.get("ip") is None:
         ctx["ip"] = "127.0.0.1"
     out["context"] = ctx
-    ts_raw = msg.get("timestamp") if msg.get("timestamp") is not None else msg.get("originalTimestamp")
-    sent_at = instant(msg.get("sentAt") if msg.get("sentAt") is not None else batch_sent_at)
+    ts_raw = device_time(msg)
+    sent_at_raw = effective_sent_at(msg, batch_sent_at)
+    sent_at = instant(sent_at_raw)
     if ts_raw is None:
         out["timestamp"] = received
     else:
@@ -887,8 +918,8 @@ def fake_normalise(msg, path_type, batch_sent_at, received):
             ts = instant(received) - (sent_at - ts)
         out["timestamp"] = ts.astimezone(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         out["originalTimestamp"] = ts_raw
-    if msg.get("sentAt") is not None:
-        out["sentAt"] = msg["sentAt"]
+    if sent_at_raw is not None:
+        out["sentAt"] = sent_at_raw
     out["receivedAt"] = received
     return out
 
@@ -980,7 +1011,7 @@ class FakeGatewayHandler(http.server.BaseHTTPRequestHandler):
         received = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         events, errors = [], []
         for i, item in enumerate(items):
-            written = apply_fault(fault, fake_normalise(item, SINGLE_PATHS.get(path), doc.get("sentAt") if batch else None,
+            written = apply_fault(fault, fake_normalise(with_batch_members(item, doc) if batch else item, SINGLE_PATHS.get(path), doc.get("sentAt") if batch else None,
                                                         received))
             if written is None:
                 errors.append({"index": i, "code": "invalid_event", "message": "refused by the self-test"})
