@@ -1,26 +1,31 @@
 //! segment-gateway: a Segment-compatible tracking gateway on hyper 1.x.
 //!
-//! # Layout (data-flow order)
-//! - [`config`]: TOML → validated [`config::Config`]; every default lives there.
-//! - [`server`]: accept loop, connection cap, hyper limits, drain.
-//! - [`router`]: (method, path) → handler, plus `/health`, `/ready`, `/metrics`.
-//! - [`handler`]: calls the stages in order; no stage logic of its own.
-//! - [`auth`]: write key → source; [`client_ip`]: the client address behind trusted proxies.
-//! - [`access`]: what a key may do: origins, call types, rate limits, quotas, usage counts.
-//! - [`decode`]: body caps, gzip, typed parse, per-event checks, normalisation.
-//! - [`publish`]: the [`publish::Publisher`] trait and its sinks (local log, memory).
-//! - [`respond`]: the one mapping from errors/outcomes to status and JSON.
-//! - [`metrics`]: the Prometheus registry.
-//! - [`shutdown`]: signals → cancellation; [`reload`]: SIGHUP → atomic config swap.
-//! - [`timestamp`]: RFC 3339 parse/format on the hot path (shared by decode and responses).
+//! # Layout: one folder per part, in the order a request meets them
+//! - [`http`]: sockets to requests and back — the accept loop, connection cap and lifetimes
+//!   (`http::server`), the path table and the non-ingest endpoints (`http::router`,
+//!   `http::endpoints`), the client address behind proxies (`http::client_ip`), CORS, and
+//!   `http::respond`, the one place that turns an error or an outcome into a status and JSON.
+//! - [`ingest`]: the pipeline of one ingest request, one function per stage in order
+//!   (auth → admit → read body → decode → normalise → type check → consent → contracts → sink
+//!   size → dedup → quota → publish → settle), the shared [`AppState`], and the [`ingest::Outcome`]
+//!   it hands back to `http` to render.
+//! - The stages, each knowing no broker and building no answer:
+//!   - [`access`]: keys and what a key may do — write keys (`access::auth`), origins, call
+//!     types, rate limits (`access::ratelimit`), monthly quotas and usage (`access::quota`);
+//!   - [`decode`]: body caps and gzip, the typed borrowed parse, the Segment checks,
+//!     normalisation (messageId, timestamps and clock skew, `context.ip`), `decode::timestamp`;
+//!   - [`consent`]: TCF v2 / US Privacy decoding, categories, per-source policy;
+//!   - [`validate`]: tracking plans (JSON Schema contracts) compiled once, checked per event;
+//!   - [`dedup`]: messageId reservations, bounded by TTL and capacity, with a snapshot.
+//! - [`publish`]: the [`Publisher`] trait and its sinks (local log, Kafka, memory): the promise
+//!   behind a 2xx.
+//! - [`ops`]: metrics, signals and shutdown, config reload.
+//! - [`config`]: TOML → validated [`Config`]; it builds each stage's own settings type, and no
+//!   stage imports it.
+//! - [`error`]: the request path's error, joining each stage's own enum, with its codes.
 //!
-//! - [`validate`]: tracking plans (JSON Schema contracts) compiled once, checked per event.
-//! - [`dedup`]: messageId reservations, bounded by TTL and capacity.
-//! - [`consent`]: TCF v2 / US Privacy decoding, categories, per-source policy.
-//! - [`ratelimit`], [`quota`]: GCRA windows and monthly quotas used by [`access`].
-//!
-//! Errors: each stage has its own `thiserror` enum; [`respond::Error`] joins them and is the
-//! only thing that knows HTTP statuses. Only `main` uses `anyhow`.
+//! Dependencies point one way: `http` → `ingest` → stages and `publish`; `config` → stages
+//! (building their settings); `ops` → `ingest`. Only `main` uses `anyhow`.
 
 pub mod access;
 pub mod config;
