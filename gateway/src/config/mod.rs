@@ -22,7 +22,7 @@ use crate::decode::EventType;
 use crate::ratelimit::{IpLimit, KeyLimits};
 
 /// The embedded default configuration (`config/gateway.toml`): local log, one demo source.
-pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/gateway.toml");
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../config/gateway.toml");
 /// Name used for the embedded default in messages.
 pub const EMBEDDED_NAME: &str = "<embedded config/gateway.toml>";
 
