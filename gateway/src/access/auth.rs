@@ -17,7 +17,7 @@ use http::request::Parts;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{Source, WriteKey};
+use super::keys::{Source, WriteKey};
 
 /// Why a request has no source.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

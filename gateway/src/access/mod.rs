@@ -5,16 +5,21 @@
 //! quota counts, persisted under the data directory). The state survives config reloads; the
 //! rules come from the current config on every request.
 //! Must not: identify keys (auth does) or look inside events beyond their call type.
+//!
+//! Layout: `keys` holds the validated key and source types (config builds them), `auth` finds
+//! the key of a request, `ratelimit` and `quota` the windows and monthly counts.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{Config, KeyKind, OriginPattern, WriteKey};
 use crate::decode::EventType;
 pub mod auth;
+pub mod keys;
 pub mod quota;
 pub mod ratelimit;
+
+pub use keys::{KeyKind, OriginPattern, Source, TypeSet, WriteKey};
 
 use quota::Quotas;
 use ratelimit::{Decision, IpLimit, RateLimitError, RateLimiter};
@@ -71,9 +76,9 @@ pub struct Access {
 impl Access {
     /// Loads the persisted usage counts; a corrupt file stops startup (counts would silently
     /// restart from zero otherwise, and a quota with them).
-    pub fn new(config: &Config, clock: Arc<dyn ratelimit::Clock>) -> Result<Access, String> {
-        let quotas = Quotas::load(&config.usage_dir).map_err(|e| format!("usage counts: {e}"))?;
-        Ok(Access { limiter: RateLimiter::new(), clock, quotas, usage_dir: config.usage_dir.clone() })
+    pub fn new(usage_dir: &Path, clock: Arc<dyn ratelimit::Clock>) -> Result<Access, String> {
+        let quotas = Quotas::load(usage_dir).map_err(|e| format!("usage counts: {e}"))?;
+        Ok(Access { limiter: RateLimiter::new(), clock, quotas, usage_dir: usage_dir.to_path_buf() })
     }
 
     /// Where usage counts persist.
@@ -131,9 +136,9 @@ pub fn check_secret(key: &WriteKey) -> Result<(), AccessError> {
 }
 
 /// A preflight carries no key, so it grants an origin when at least one live key of the config
-/// accepts it; the actual request is then checked against its own key.
-pub fn preflight_allows(config: &Config, origin: &str) -> bool {
-    config.sources.iter().flat_map(|s| s.keys.iter()).filter(|k| !k.revoked).any(|k| match &k.allowed_origins {
+/// (its `sources`) accepts it; the actual request is then checked against its own key.
+pub fn preflight_allows(sources: &[Arc<Source>], origin: &str) -> bool {
+    sources.iter().flat_map(|s| s.keys.iter()).filter(|k| !k.revoked).any(|k| match &k.allowed_origins {
         None => true,
         Some(list) => list.iter().any(|p: &OriginPattern| p.matches(origin)),
     })
@@ -142,7 +147,7 @@ pub fn preflight_allows(config: &Config, origin: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Overrides;
+    use crate::config::{Config, Overrides};
 
     fn config(text: &str) -> Config {
         Config::from_toml("t", text, &Overrides::default()).unwrap()
@@ -183,8 +188,8 @@ mod tests {
         assert_eq!(check_secret(public).unwrap_err().code(), "secret_key_required");
         assert!(check_secret(secret).is_ok());
         // The revoked key of "open" grants nothing in preflights.
-        assert!(preflight_allows(&c, "https://shop.example.com"));
-        assert!(!preflight_allows(&c, "https://evil.example.net"));
+        assert!(preflight_allows(&c.sources, "https://shop.example.com"));
+        assert!(!preflight_allows(&c.sources, "https://evil.example.net"));
         assert_eq!(&*public.id, "web/key0");
     }
 

@@ -119,7 +119,7 @@ where
             let rt = state.runtime();
             match origin.as_ref().and_then(|o| o.to_str().ok()) {
                 // No key of the config accepts this origin: the browser gets no grant.
-                Some(o) if !crate::access::preflight_allows(&rt.config, o) => respond::error_response(
+                Some(o) if !crate::access::preflight_allows(&rt.config.sources, o) => respond::error_response(
                     StatusCode::FORBIDDEN,
                     "origin_not_allowed",
                     "no write key of this gateway accepts this origin",

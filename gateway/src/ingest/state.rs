@@ -103,7 +103,7 @@ impl AppState {
         metrics: Metrics,
         clocks: Clocks,
     ) -> Result<AppState, String> {
-        let access = Access::new(&config, clocks.rate.clone())?;
+        let access = Access::new(&config.usage_dir, clocks.rate.clone())?;
         let dedup = Arc::new(load_dedup(&config, clocks.dedup.clone())?);
         let runtime = Runtime::build(config)?;
         Ok(AppState {

@@ -5,7 +5,8 @@
 //! Owns: the producer and its delivery bookkeeping, the mapping of librdkafka errors to
 //! [`PublishError`], record keys and headers, and readiness (fresh broker metadata).
 //! Must not: read or log event contents or keys, choose topics (each [`OutEvent`] carries its
-//! own), or decide HTTP statuses (respond does). Property defaults live in `config`.
+//! own), or decide HTTP statuses (respond does). Property defaults live in `config`, which
+//! builds this sink's own settings type ([`KafkaConfig`], in `settings`).
 //!
 //! Delivery accounting: one [`RequestAcks`] per request, shared by every record of it through
 //! the delivery opaque `Box<Ticket>`: an atomic countdown plus one wake-up, instead of one
@@ -37,13 +38,15 @@
 //! - `context`: the producer context (delivery reports, librdkafka logs, statistics and
 //!   errors) and the `Health` it shares with the probe;
 //! - `errors`: librdkafka errors to [`PublishError`] ([`classify`], [`error_class`]);
-//! - `reader`: reading a topic back ([`read_topic`]), for tests and tools.
+//! - `reader`: reading a topic back ([`read_topic`]), for tests and tools;
+//! - `settings`: [`KafkaConfig`], [`RecordKey`] and the redaction of secret properties.
 
 mod accounting;
 mod context;
 mod errors;
 mod publisher;
 mod reader;
+mod settings;
 #[cfg(test)]
 mod tests;
 
@@ -54,6 +57,8 @@ use rdkafka::error::KafkaError;
 pub use errors::{classify, error_class, is_permanent};
 pub use publisher::KafkaPublisher;
 pub use reader::{read_topic, ReadRecord};
+pub(crate) use settings::redacted_properties;
+pub use settings::{is_sensitive_property, KafkaConfig, RecordKey};
 
 /// Room left in `message.max.bytes` for the record's framing, key and headers: the handler
 /// compares only the payload with [`Publisher::max_event_bytes`]. A record that is still too

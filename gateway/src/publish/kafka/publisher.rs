@@ -18,11 +18,11 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use super::accounting::{RequestAcks, Ticket};
 use super::context::{Context, Health};
 use super::errors::{classify, error_class};
+use super::settings::{KafkaConfig, RecordKey};
 use super::{
     KafkaSinkError, DELIVERY_GRACE, HEADER_CONSENT, HEADER_CONTENT_TYPE, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID,
     HEADER_SOURCE_ID, MIN_RESET_GAP, PROBE_INTERVAL, PROBE_RETRY, PROBE_STALE, PROBE_TIMEOUT, RECORD_OVERHEAD_BYTES,
 };
-use crate::config::{KafkaConfig, RecordKey};
 use crate::publish::{BoxFuture, Late, OutEvent, PublishError, PublishResults, Published, Publisher, SinkStats};
 
 /// The producer type: rdkafka's polling thread serves delivery reports into [`Context`].

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use super::accounting::RequestAcks;
+use super::settings::{KafkaConfig, RecordKey};
 use super::*;
-use crate::config::{KafkaConfig, RecordKey};
 use crate::publish::{OutEvent, PublishError, Publisher};
 
 #[test]
