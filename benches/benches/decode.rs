@@ -21,7 +21,7 @@ fn decode_batch(c: &mut Criterion) {
     let mut g = c.benchmark_group("decode");
     g.throughput(Throughput::Elements(100));
     let policy = gateway::consent::ConsentPolicy::default();
-    let now = gateway::timestamp::Timestamp::now();
+    let now = gateway::decode::timestamp::Timestamp::now();
     let now_text = now.format();
     g.bench_function("batch100/typed+normalise", |b| {
         b.iter(|| gateway_benches::decode_batch(black_box(body.as_bytes()), &policy).unwrap())

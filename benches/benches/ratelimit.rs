@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use gateway::quota::{EventCounts, Quotas};
-use gateway::ratelimit::{Clock, IpLimit, KeyLimits, MonotonicClock, RateLimiter, Window};
+use gateway::access::quota::{EventCounts, Quotas};
+use gateway::access::ratelimit::{Clock, IpLimit, KeyLimits, MonotonicClock, RateLimiter, Window};
 use time::OffsetDateTime;
 
 /// Production-like windows, sized so nothing is ever refused during the bench.

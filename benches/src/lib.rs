@@ -24,7 +24,7 @@ pub fn decode_batch(body: &[u8], policy: &gateway::consent::ConsentPolicy) -> Op
     use gateway::decode::{self, Body, RequestContext};
     let limits =
         gateway::config::Limits { max_request_bytes: 1 << 20, max_event_bytes: 32 * 1024, max_batch_events: 2500 };
-    let now = gateway::timestamp::Timestamp::now();
+    let now = gateway::decode::timestamp::Timestamp::now();
     let now_text = now.format();
     let parsed = decode::parse_body(body, true, &limits).ok()?;
     let cx = RequestContext {

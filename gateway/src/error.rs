@@ -5,7 +5,7 @@
 //! a metric label). Must not: know HTTP statuses — `http::respond` maps an [`Error`] to one.
 
 use crate::access::AccessError;
-use crate::auth::AuthError;
+use crate::access::auth::AuthError;
 use crate::decode::DecodeError;
 use crate::publish::PublishError;
 

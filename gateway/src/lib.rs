@@ -45,12 +45,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-pub use access::{auth, quota, ratelimit};
 pub use config::Config;
-pub use decode::timestamp;
-pub use http::{client_ip, respond, router, server};
 pub use ingest::AppState;
-pub use ops::{metrics, reload, shutdown};
 pub use publish::Publisher;
 
 /// Serves on `listener` until `shutdown` resolves; then drains connections and flushes the
@@ -59,7 +55,7 @@ pub async fn run(
     config: Config,
     listener: TcpListener,
     publisher: Arc<dyn Publisher>,
-    metrics: metrics::Metrics,
+    metrics: ops::metrics::Metrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
     let state = Arc::new(AppState::new(config, publisher, metrics)?);
@@ -92,8 +88,8 @@ pub async fn serve_with_admin(
     let housekeeping = tokio::spawn(housekeeping(state.clone(), background.clone()));
     drop(rt);
 
-    let admin_task = admin.map(|l| tokio::spawn(server::serve_admin(l, state.clone(), background.clone())));
-    server::serve(listener, state.clone(), shutdown).await;
+    let admin_task = admin.map(|l| tokio::spawn(http::server::serve_admin(l, state.clone(), background.clone())));
+    http::server::serve(listener, state.clone(), shutdown).await;
     if let Err(e) = state.publisher.flush(flush_timeout).await {
         tracing::error!(error = %e, "sink flush at shutdown failed");
     }

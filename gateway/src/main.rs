@@ -113,11 +113,11 @@ fn run(config: Config, path: Option<PathBuf>, overrides: Overrides) -> anyhow::R
             None => None,
         };
         let token = CancellationToken::new();
-        gateway::shutdown::cancel_on_signal(token.clone());
+        gateway::ops::shutdown::cancel_on_signal(token.clone());
         let state = Arc::new(
-            gateway::AppState::new(config, publisher, gateway::metrics::Metrics::new()).map_err(anyhow::Error::msg)?,
+            gateway::AppState::new(config, publisher, gateway::ops::metrics::Metrics::new()).map_err(anyhow::Error::msg)?,
         );
-        gateway::reload::spawn_on_sighup(state.clone(), path, overrides);
+        gateway::ops::reload::spawn_on_sighup(state.clone(), path, overrides);
         gateway::serve_with_admin(state, listener, admin, token.cancelled_owned()).await;
         tracing::info!("stopped");
         Ok(())

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use gateway::ingest::Clocks;
 use gateway::publish::memory::MemoryPublisher;
-use gateway::timestamp::Timestamp;
+use gateway::decode::timestamp::Timestamp;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{json, Value};
 use util::*;

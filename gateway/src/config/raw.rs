@@ -11,9 +11,9 @@ use serde::Deserialize;
 
 use super::defaults::*;
 use crate::access::keys::KeyKind;
-use crate::client_ip::ForwardedHeader;
+use crate::http::client_ip::ForwardedHeader;
 use crate::consent::ConsentPolicy;
-use crate::ratelimit::{IpLimit, KeyLimits};
+use crate::access::ratelimit::{IpLimit, KeyLimits};
 
 /// The TOML file as written. Unknown keys are errors everywhere: a typo must not silently fall
 /// back to a default.

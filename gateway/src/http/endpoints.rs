@@ -10,7 +10,7 @@ use http::{Request, Response, StatusCode};
 
 use super::respond::{self, Body};
 use crate::access;
-use crate::auth::{self, AuthError};
+use crate::access::auth::{self, AuthError};
 use crate::decode;
 use crate::error::Error;
 use crate::ingest::AppState;

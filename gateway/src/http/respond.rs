@@ -16,7 +16,7 @@ use http_body_util::Full;
 use serde::Serialize;
 
 use crate::access::AccessError;
-use crate::auth::AuthError;
+use crate::access::auth::AuthError;
 use crate::decode::{DecodeError, EventError};
 use crate::error::Error;
 use crate::ingest::{Answer, EventFailure, FailureKind, Outcome};

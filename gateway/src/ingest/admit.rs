@@ -7,10 +7,10 @@
 use std::net::IpAddr;
 
 use crate::access::{self, AccessError};
-use crate::auth::{self, AuthError, Credential};
+use crate::access::auth::{self, AuthError, Credential};
 use crate::decode::Body as Payload;
 use crate::error::Error;
-use crate::ratelimit::Decision;
+use crate::access::ratelimit::Decision;
 
 use super::state::{AppState, Runtime};
 

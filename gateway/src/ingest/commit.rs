@@ -14,7 +14,7 @@ use crate::decode::timestamp::Timestamp;
 use crate::decode::EventType;
 use crate::dedup::{self, Reservations, Verdict};
 use crate::publish::{Late, PublishError};
-use crate::quota::{EventCounts, QuotaDecision};
+use crate::access::quota::{EventCounts, QuotaDecision};
 
 use super::events::Events;
 use super::outcome::{FailureKind, Outcome};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::config::Source;
 use crate::decode::Normalised;
-use crate::metrics::LogSampler;
+use crate::ops::metrics::LogSampler;
 use crate::publish::OutEvent;
 use crate::validate::{self, Plan, Policies, Verdict};
 

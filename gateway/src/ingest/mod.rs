@@ -26,10 +26,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 
-use crate::auth::{self, AuthError};
+use crate::access::auth::{self, AuthError};
 use crate::decode::{self, EventType, RequestContext};
 use crate::error::Error;
-use crate::ratelimit::Decision;
+use crate::access::ratelimit::Decision;
 
 pub use outcome::{EventFailure, FailureKind, Outcome};
 pub use state::{AppState, Clocks, Runtime};

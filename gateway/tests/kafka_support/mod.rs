@@ -65,7 +65,7 @@ impl Gateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        let metrics = gateway::metrics::Metrics::new();
+        let metrics = gateway::ops::metrics::Metrics::new();
         tokio::spawn(gateway::run(config.clone(), listener, publisher, metrics, stop.clone().cancelled_owned()));
         Gateway { addr, config, stop, _state_dir: state_dir }
     }

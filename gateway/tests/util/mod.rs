@@ -98,7 +98,7 @@ impl TestServer {
             config.dedup.snapshot_path = Some(state_dir.path().join("dedup.snapshot"));
         }
         let state = Arc::new(
-            gateway::AppState::with_clocks(config, publisher, gateway::metrics::Metrics::new(), clocks).unwrap(),
+            gateway::AppState::with_clocks(config, publisher, gateway::ops::metrics::Metrics::new(), clocks).unwrap(),
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
