@@ -1601,7 +1601,7 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    const FIXTURES: &str = include_str!("../tests/fixtures/tcf/iabtcf-core.json");
+    const FIXTURES: &str = include_str!("../../tests/fixtures/tcf/iabtcf-core.json");
 
     fn fixtures() -> Value {
         serde_json::from_str(FIXTURES).unwrap()
