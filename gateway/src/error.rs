@@ -4,8 +4,8 @@
 //! Owns: which failures end a request, and their snake_case codes (the error body's `code` and
 //! a metric label). Must not: know HTTP statuses — `http::respond` maps an [`Error`] to one.
 
-use crate::access::AccessError;
 use crate::access::auth::AuthError;
+use crate::access::AccessError;
 use crate::decode::DecodeError;
 use crate::publish::PublishError;
 

@@ -3,14 +3,15 @@
 //! # Layout: one folder per part, in the order a request meets them
 //! - [`http`]: sockets to requests and back — the accept loop, connection cap and lifetimes
 //!   (`http::server`), the path table and the non-ingest endpoints (`http::router`,
-//!   `http::endpoints`), the client address behind proxies (`http::client_ip`), CORS, and
+//!   `http::endpoints`), CORS, and
 //!   `http::respond`, the one place that turns an error or an outcome into a status and JSON.
 //! - [`ingest`]: the pipeline of one ingest request, one function per stage in order
 //!   (auth → admit → read body → decode → normalise → type check → consent → contracts → sink
 //!   size → dedup → quota → publish → settle), the shared [`AppState`], and the [`ingest::Outcome`]
 //!   it hands back to `http` to render.
 //! - The stages, each knowing no broker and building no answer:
-//!   - [`access`]: keys and what a key may do — write keys (`access::auth`), origins, call
+//!   - [`access`]: keys and what a key may do — write keys (`access::auth`), the client address
+//!     behind trusted proxies (`access::client_ip`), origins, call
 //!     types, rate limits (`access::ratelimit`), monthly quotas and usage (`access::quota`);
 //!   - [`decode`]: body caps and gzip, the typed borrowed parse, the Segment checks,
 //!     normalisation (messageId, timestamps and clock skew, `context.ip`), `decode::timestamp`;
@@ -19,13 +20,15 @@
 //!   - [`dedup`]: messageId reservations, bounded by TTL and capacity, with a snapshot.
 //! - [`publish`]: the [`Publisher`] trait and its sinks (local log, Kafka, memory): the promise
 //!   behind a 2xx.
-//! - [`ops`]: metrics, signals and shutdown, config reload.
+//! - [`ops`]: metrics, signals and shutdown (config reload is `ingest::reload`).
 //! - [`config`]: TOML → validated [`Config`]; it builds each stage's own settings type, and no
 //!   stage imports it.
-//! - [`error`]: the request path's error, joining each stage's own enum, with its codes.
+//! - [`error`]: the request path's error, joining each stage's own enum, with its codes;
+//!   [`json`]: the borrowed JSON string type decode and consent share.
 //!
-//! Dependencies point one way: `http` → `ingest` → stages and `publish`; `config` → stages
-//! (building their settings); `ops` → `ingest`. Only `main` uses `anyhow`.
+//! Dependencies point one way (checked by `gateway/tests/layout.rs`): `http` → `ingest` →
+//! `config` → the stages → `json`; `ops` and `error` sit below `ingest`; no stage imports
+//! `config`, `http` or `ingest`. Only `main` uses `anyhow`.
 
 pub mod access;
 pub mod config;
@@ -35,6 +38,7 @@ pub mod dedup;
 pub mod error;
 pub mod http;
 pub mod ingest;
+pub mod json;
 pub mod ops;
 pub mod publish;
 pub mod validate;

@@ -117,7 +117,7 @@ fn run(config: Config, path: Option<PathBuf>, overrides: Overrides) -> anyhow::R
         let state = Arc::new(
             gateway::AppState::new(config, publisher, gateway::ops::metrics::Metrics::new()).map_err(anyhow::Error::msg)?,
         );
-        gateway::ops::reload::spawn_on_sighup(state.clone(), path, overrides);
+        gateway::ingest::reload::spawn_on_sighup(state.clone(), path, overrides);
         gateway::serve_with_admin(state, listener, admin, token.cancelled_owned()).await;
         tracing::info!("stopped");
         Ok(())

@@ -7,10 +7,10 @@ mod util;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gateway::access::ratelimit::{ManualClock, Nanos};
 use gateway::ingest::Clocks;
 use gateway::publish::memory::MemoryPublisher;
 use gateway::publish::PublishError;
-use gateway::access::ratelimit::{ManualClock, Nanos};
 use serde_json::{json, Value};
 use util::*;
 
@@ -140,11 +140,11 @@ async fn revoked_key_after_a_reload_and_broken_reload_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("g.toml");
     std::fs::write(&path, text.replace(r#"label = "browser""#, "label = \"browser\"\n        revoked = true")).unwrap();
-    gateway::ops::reload::reload_from(&s.state, Some(&path), &Default::default()).unwrap();
+    gateway::ingest::reload::reload_from(&s.state, Some(&path), &Default::default()).unwrap();
     post(&s, PUBLISHABLE, "/v1/track", TRACK, &[]).await.assert_error(401, "revoked_write_key");
     assert_eq!(post(&s, SECRET, "/v1/track", TRACK, &[]).await.status, 200);
     std::fs::write(&path, "[[sources]]\nid = \"x\"\nkeys = [{ key = \"k\", kind = \"root\" }]\n").unwrap();
-    assert!(gateway::ops::reload::reload_from(&s.state, Some(&path), &Default::default()).is_err());
+    assert!(gateway::ingest::reload::reload_from(&s.state, Some(&path), &Default::default()).is_err());
     post(&s, PUBLISHABLE, "/v1/track", TRACK, &[]).await.assert_error(401, "revoked_write_key");
     assert_eq!(post(&s, SECRET, "/v1/track", TRACK, &[]).await.status, 200);
 }
@@ -647,12 +647,12 @@ async fn plan_reload_is_atomic_and_a_broken_plan_is_refused() {
     post(&s, SECRET, "/v1/track", &new_event, &[]).await.assert_error(422, "contract_violation");
     // Plan the event, reload: it passes.
     std::fs::write(plan.join("track/Wishlist Shared.json"), r#"{"type":"object"}"#).unwrap();
-    gateway::ops::reload::reload_from(&s.state, Some(&cfg_path), &Default::default()).unwrap();
+    gateway::ingest::reload::reload_from(&s.state, Some(&cfg_path), &Default::default()).unwrap();
     assert_eq!(post(&s, SECRET, "/v1/track", &new_event, &[]).await.status, 200);
     // Break a schema: the reload is refused, naming the file, and the plan keeps serving.
     std::fs::write(plan.join("track/Signed Up.json"), r#"{"type": 12}"#).unwrap();
     std::fs::remove_file(plan.join("track/Wishlist Shared.json")).unwrap();
-    let err = gateway::ops::reload::reload_from(&s.state, Some(&cfg_path), &Default::default()).unwrap_err();
+    let err = gateway::ingest::reload::reload_from(&s.state, Some(&cfg_path), &Default::default()).unwrap_err();
     assert!(err.contains("Signed Up.json"), "{err}");
     assert_eq!(post(&s, SECRET, "/v1/track", &new_event, &[]).await.status, 200);
     assert_eq!(published_events(&mem).len(), 2);

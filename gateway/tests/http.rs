@@ -681,7 +681,7 @@ async fn reload_swaps_keys_and_refuses_a_broken_file() {
         ),
     )
     .unwrap();
-    gateway::ops::reload::reload_from(&s.state, Some(&revoked), &Overrides::default()).unwrap();
+    gateway::ingest::reload::reload_from(&s.state, Some(&revoked), &Overrides::default()).unwrap();
     s.post_json("/v1/track", TRACK).await.assert_error(401, "invalid_write_key");
     let r = s
         .post("/v1/track", &[("Content-Type", "application/json"), ("X-Write-Key", "fresh-key")], TRACK.as_bytes())
@@ -690,7 +690,7 @@ async fn reload_swaps_keys_and_refuses_a_broken_file() {
     // A broken file is refused and the current config keeps serving.
     let broken = dir.path().join("broken.toml");
     std::fs::write(&broken, "[server]\nlisten = \"x\"\n[[sources]]\nid = \"\"\n").unwrap();
-    let err = gateway::ops::reload::reload_from(&s.state, Some(&broken), &Overrides::default()).unwrap_err();
+    let err = gateway::ingest::reload::reload_from(&s.state, Some(&broken), &Overrides::default()).unwrap_err();
     assert!(err.contains("broken.toml"), "{err}");
     let r = s
         .post("/v1/track", &[("Content-Type", "application/json"), ("X-Write-Key", "fresh-key")], TRACK.as_bytes())

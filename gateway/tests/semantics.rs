@@ -9,9 +9,9 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
+use gateway::decode::timestamp::Timestamp;
 use gateway::ingest::Clocks;
 use gateway::publish::memory::MemoryPublisher;
-use gateway::decode::timestamp::Timestamp;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{json, Value};
 use util::*;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crate::decode::EventType;
 pub mod auth;
+pub mod client_ip;
 pub mod keys;
 pub mod quota;
 pub mod ratelimit;

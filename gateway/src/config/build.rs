@@ -12,7 +12,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use super::*;
-use crate::http::client_ip::ClientIpRule;
+use crate::access::client_ip::ClientIpRule;
 
 impl RawConfig {
     /// Validates everything, collecting every problem before failing.

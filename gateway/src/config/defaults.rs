@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::raw::*;
-use crate::http::client_ip::ForwardedHeader;
+use crate::access::client_ip::ForwardedHeader;
 
 pub(super) fn default_listen() -> String {
     "127.0.0.1:8080".into()

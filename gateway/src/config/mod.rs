@@ -34,10 +34,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::http::client_ip::ClientIpRule;
+use crate::access::client_ip::ClientIpRule;
+use crate::access::ratelimit::IpLimit;
 use crate::decode::EventType;
 use crate::publish::kafka::redacted_properties;
-use crate::access::ratelimit::IpLimit;
 
 pub use crate::access::keys::{KeyKind, OriginPattern, Source, TypeSet, WriteKey};
 pub use crate::publish::kafka::{is_sensitive_property, KafkaConfig, RecordKey};

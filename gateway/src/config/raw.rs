@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::defaults::*;
+use crate::access::client_ip::ForwardedHeader;
 use crate::access::keys::KeyKind;
-use crate::http::client_ip::ForwardedHeader;
-use crate::consent::ConsentPolicy;
 use crate::access::ratelimit::{IpLimit, KeyLimits};
+use crate::consent::ConsentPolicy;
 
 /// The TOML file as written. Unknown keys are errors everywhere: a typo must not silently fall
 /// back to a default.

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use super::{echo, ConsentError, MAX_CATEGORIES};
 
 // A JSON object key or string, borrowed from the input when it has no escapes (decode's).
-use crate::decode::Str as JsonStr;
+use crate::json::Str as JsonStr;
 
 /// At most this many members are kept of `context.consent` or its `categories` object: the
 /// largest valid one is the categories form, [`MAX_CATEGORIES`] booleans and `categories`. The

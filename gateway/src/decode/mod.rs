@@ -55,7 +55,6 @@ pub use errors::{DecodeError, EventError, Unfit};
 pub use fit::MAX_DEPTH;
 pub use members::{object_members, Members};
 pub use normalise::{batch_sent_at, normalise, Normalised, RequestContext};
-pub(crate) use parse::Str;
 pub use parse::{parse_body, parse_event, Batch, BatchItem, Body, RawEvent};
 
 // ---------------------------------------------------------------------------------------------

@@ -16,32 +16,7 @@ use serde_json::value::RawValue;
 use super::fit::check_forwarded;
 use super::members::object_members;
 use super::{DecodeError, EventError, Limits};
-
-/// A string borrowed from the body when it has no escapes, owned otherwise.
-#[derive(Debug)]
-pub(crate) struct Str<'a>(pub(crate) Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Str<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Str<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Str(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Str(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
+use crate::json::Str;
 
 /// One Segment call as sent: the interpreted fields as raw slices, the rest kept in order.
 #[derive(Debug, Default)]

@@ -15,8 +15,8 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;
 
-use crate::access::AccessError;
 use crate::access::auth::AuthError;
+use crate::access::AccessError;
 use crate::decode::{DecodeError, EventError};
 use crate::error::Error;
 use crate::ingest::{Answer, EventFailure, FailureKind, Outcome};

@@ -6,11 +6,11 @@
 
 use std::net::IpAddr;
 
-use crate::access::{self, AccessError};
 use crate::access::auth::{self, AuthError, Credential};
+use crate::access::ratelimit::Decision;
+use crate::access::{self, AccessError};
 use crate::decode::Body as Payload;
 use crate::error::Error;
-use crate::access::ratelimit::Decision;
 
 use super::state::{AppState, Runtime};
 

@@ -8,13 +8,13 @@
 
 use std::time::Instant;
 
+use crate::access::quota::{EventCounts, QuotaDecision};
 use crate::access::AccessError;
 use crate::config::{Config, SinkConfig};
 use crate::decode::timestamp::Timestamp;
 use crate::decode::EventType;
 use crate::dedup::{self, Reservations, Verdict};
 use crate::publish::{Late, PublishError};
-use crate::access::quota::{EventCounts, QuotaDecision};
 
 use super::events::Events;
 use super::outcome::{FailureKind, Outcome};

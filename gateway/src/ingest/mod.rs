@@ -11,13 +11,15 @@
 //! - [`admit`]: key from head or body, origin and rate checks, the keyless per-IP window;
 //! - [`events`]: the per-event stages and their bookkeeping; [`contracts`]: the plan check;
 //! - [`commit`]: sink size, dedup, quota, publish and settling;
-//! - [`outcome`]: what happened to each event ([`Outcome`], [`FailureKind`]).
+//! - [`outcome`]: what happened to each event ([`Outcome`], [`FailureKind`]);
+//! - [`reload`]: SIGHUP → re-read the config file → [`AppState::reload`].
 
 mod admit;
 mod commit;
 mod contracts;
 mod events;
 mod outcome;
+pub mod reload;
 mod state;
 
 use std::net::{IpAddr, SocketAddr};
@@ -27,9 +29,9 @@ use bytes::Bytes;
 use http::Request;
 
 use crate::access::auth::{self, AuthError};
+use crate::access::ratelimit::Decision;
 use crate::decode::{self, EventType, RequestContext};
 use crate::error::Error;
-use crate::access::ratelimit::Decision;
 
 pub use outcome::{EventFailure, FailureKind, Outcome};
 pub use state::{AppState, Clocks, Runtime};

@@ -10,14 +10,14 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::access::Access;
 use crate::access::auth::KeyTable;
+use crate::access::ratelimit;
+use crate::access::Access;
 use crate::config::Config;
 use crate::decode::timestamp::Timestamp;
 use crate::dedup::{self, Dedup};
 use crate::ops::metrics::Metrics;
 use crate::publish::Publisher;
-use crate::access::ratelimit;
 use crate::validate::{Plan, Plans, Policies};
 
 /// What every request shares.

@@ -1,9 +1,8 @@
-//! Ops: what operators see and drive — the Prometheus registry, the stop signals, config reload
-//! on SIGHUP.
+//! Ops: what operators see and drive — the Prometheus registry and the stop signals. (Config
+//! reload on SIGHUP swaps the pipeline's runtime, so it lives with it: `ingest::reload`.)
 //!
-//! Owns: metric names and labels ([`metrics`]), signals → cancellation ([`shutdown`]), the
-//! reload loop ([`reload`]). Must not: hold request logic; the pipeline only bumps metrics.
+//! Owns: metric names and labels ([`metrics`]), signals → cancellation ([`shutdown`]).
+//! Must not: hold request logic or import the pipeline; every part only bumps metrics.
 
 pub mod metrics;
-pub mod reload;
 pub mod shutdown;

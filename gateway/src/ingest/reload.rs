@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::AppState;
 use crate::config::{Config, Overrides};
-use crate::ingest::AppState;
 
 /// Re-reads `path` (or the embedded default) and reloads `state` with it.
 pub fn reload_from(state: &AppState, path: Option<&Path>, overrides: &Overrides) -> Result<(), String> {

@@ -1,4 +1,5 @@
-//! Client IP: who sent a request, when it may have come through proxies.
+//! Client IP: who sent a request, when it may have come through proxies — the address the
+//! per-IP window counts and `context.ip` records.
 //!
 //! Owns: reading `X-Forwarded-For` or `Forwarded` (RFC 7239) and deciding which entry is the
 //! client. Must not: apply limits or policies to the address (access and consent do), or read
