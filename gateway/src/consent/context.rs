@@ -1,6 +1,6 @@
 //! `context.consent`: parses its raw JSON into one of the three forms (a TC string, a US
 //! Privacy string or category booleans, see the module doc of `consent`) and derives the
-//! categories; [`Consent`] is the result the handler writes back into the event.
+//! categories; [`Consent`] is the result decode writes back into the event.
 //!
 //! Owns: the three-forms rule, the reserved `categories` key, and the JSON and header renderings
 //! of the derived categories. Must not: decode the strings themselves (`tcf`, `usp`), read the

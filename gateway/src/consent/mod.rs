@@ -7,7 +7,7 @@
 //! default IAB purpose → category mapping, the three-forms rule of `context.consent`, the IP
 //! truncation rule, and [`ConsentPolicy`] (a serde section a source's config can embed).
 //! Must not: touch HTTP, the event body outside `context.consent`, metrics or the sink, and
-//! depends on no other gateway module: the handler calls [`parse_consent`],
+//! depends on no other gateway module (but `json`): decode calls [`parse_consent`],
 //! [`ConsentPolicy::evaluate`] and [`IpPolicy::apply`] and writes the results into the event.
 //!
 //! # The decoder is cross-checked against the IAB's own
@@ -57,7 +57,7 @@
 //! - `categories`: category names and [`PurposeMapping`] (TCF purposes and US Privacy to
 //!   categories, the default table above).
 //! - `context`: `context.consent`, the three forms ([`parse_consent`]) and the parsed
-//!   [`Consent`] the handler writes back.
+//!   [`Consent`] decode writes back.
 //! - `members`: a JSON object's keys and strings borrowed from the input, the member cap and the
 //!   linear duplicate check.
 //! - `ip`: [`IpPolicy`], what happens to `context.ip`.

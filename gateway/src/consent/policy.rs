@@ -3,7 +3,7 @@
 //! the keep-or-drop [`Decision`] for one event.
 //!
 //! Owns: the policy's defaults and how it is checked. Must not: parse consent (`context` does)
-//! or build a response (a dropped event is answered by the handler).
+//! or build a response (a dropped event is answered by the pipeline).
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,5 @@
 //! Decode's tests through its public steps: `parse_body` → `parse_event` → `normalise`, as
-//! the handler calls them. Unit tests of one part (gzip, the JSON limits, the member scanner)
+//! the pipeline calls them. Unit tests of one part (gzip, the JSON limits, the member scanner)
 //! sit beside it.
 
 use std::fmt;
@@ -48,7 +48,7 @@ fn member<'t>(event: &'t str, name: &str) -> &'t str {
     object_members(event).find(|(k, _)| *k == name).map(|(_, v)| v).unwrap_or_else(|| panic!("no {name}: {event}"))
 }
 
-/// Each event of a batch body, normalised (with the batch's sentAt, as the handler does).
+/// Each event of a batch body, normalised (with the batch's sentAt, as the pipeline does).
 fn norm_batch(body: &str) -> Vec<Result<String, EventError>> {
     let b = parse_body(body.as_bytes(), true, &limits()).unwrap();
     let mut c = cx(None);

@@ -95,7 +95,7 @@ pub const EVENT_CODES: &[&str] = &[
 /// The codes of [`Error`]'s own variants.
 pub const ROUTE_CODES: &[&str] = &["not_found", "method_not_allowed"];
 
-/// Codes sent without an error enum behind them: written as literals by the handler
+/// Codes sent without an error enum behind them: written as literals by the pipeline (`ingest`)
 /// (`event_type_not_allowed`, `dedup_in_flight`, `quota_exceeded`, `contract_check_failed`), the router (`not_ready`,
 /// `origin_not_allowed` on a preflight) and this file (`contract_violation`,
 /// `all_events_rejected`). A test scans the sources for `StatusCode::…, "code"` literals and
@@ -502,7 +502,7 @@ mod tests {
     fn codes_written_as_literals_in_the_sources_are_listed() {
         let mut found = Vec::new();
         literal_codes(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut found);
-        // The handler and the router write some codes as literals today; if they stop, drop this.
+        // The pipeline and the router write some codes as literals today; if they stop, drop this.
         assert!(!found.is_empty(), "the scan found no `StatusCode::…, \"code\"` literal at all");
         let all = all_codes();
         for (file, code) in &found {

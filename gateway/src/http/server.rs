@@ -109,7 +109,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
         let tracked = activity.clone();
         let service = service_fn(move |req| {
             let st = st.clone();
-            // Counted from the moment hyper has the head, before the handler runs.
+            // Counted from the moment hyper has the head, before the pipeline runs.
             let in_flight = InFlight::begin(tracked.clone());
             async move {
                 let response = router::handle(&st, req, peer).await;

@@ -115,7 +115,7 @@ impl Decision {
     pub const UNLIMITED: Decision =
         Decision { allowed: true, retry_after_s: None, limited_by: None, short: None, medium: None, ip: None };
 
-    /// `Err` when refused, for `?` in the handler.
+    /// `Err` when refused, for `?` in the pipeline.
     pub fn result(&self) -> Result<(), RateLimitError> {
         match (self.allowed, self.limited_by) {
             (false, Some(window)) => {

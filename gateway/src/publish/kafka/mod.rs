@@ -60,7 +60,7 @@ pub use reader::{read_topic, ReadRecord};
 pub(crate) use settings::redacted_properties;
 pub use settings::{is_sensitive_property, KafkaConfig, RecordKey};
 
-/// Room left in `message.max.bytes` for the record's framing, key and headers: the handler
+/// Room left in `message.max.bytes` for the record's framing, key and headers: the pipeline
 /// compares only the payload with [`Publisher::max_event_bytes`]. A record that is still too
 /// big (a huge key or messageId) is caught when it is enqueued, also as `TooLarge`.
 const RECORD_OVERHEAD_BYTES: usize = 512;
