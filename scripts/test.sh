@@ -19,8 +19,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Test targets that need the broker (gateway/tests/NAME.rs).
-REAL_BROKER_TESTS=(kafka_tansu)
+# Test targets that need the broker (gateway/tests/NAME.rs); kafka_tls starts its own Tansu
+# brokers behind nginx TLS listeners.
+REAL_BROKER_TESTS=(kafka_tansu kafka_tls)
+
+# What the tests need beyond cargo and Python, from Debian's packages when missing: openssl
+# (each TLS test makes its own CA and certificates) and nginx with its stream module (the TLS
+# listener in front of Tansu, see gateway/tests/kafka_tls.rs).
+need=()
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
+if [ "${#need[@]}" -gt 0 ]; then
+    echo "test.sh: installing ${need[*]}" >&2
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -q >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}" >&2
+fi
+GATEWAY_TEST_NGINX_BIN="$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)"
+export GATEWAY_TEST_NGINX_BIN
 
 broker=""
 log=""
@@ -35,6 +53,8 @@ trap cleanup EXIT
 # The last stdout line of `start` is HOST:PORT; progress goes to stderr.
 broker="$(scripts/tansu.sh start | tail -n 1)"
 export GATEWAY_TEST_KAFKA_BROKERS="$broker"
+GATEWAY_TEST_TANSU_BIN="$(scripts/tansu.sh bin)"
+export GATEWAY_TEST_TANSU_BIN
 echo "test.sh: Kafka-protocol broker (Tansu) at $broker" >&2
 
 log="$(mktemp)"

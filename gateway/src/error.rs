@@ -31,7 +31,6 @@ impl Error {
         match self {
             Error::Auth(a) => a.code(),
             Error::Decode(d) => match d {
-                DecodeError::UnsupportedMediaType(_) => "unsupported_media_type",
                 DecodeError::UnsupportedEncoding(_) => "unsupported_encoding",
                 DecodeError::PayloadTooLarge { .. } | DecodeError::TooManyEvents { .. } => "payload_too_large",
                 DecodeError::BodyTimeout(_) => "request_timeout",

@@ -119,6 +119,47 @@ fn check_reports_every_problem_with_the_path() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("contracts"), "{out:?}");
 }
 
+#[test]
+fn the_secured_kafka_example_checks_its_files_and_never_prints_a_secret() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/kafka-sasl-ssl.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let check = || {
+        Command::new(BIN)
+            .args(["--config", example, "--check"])
+            .current_dir(dir.path())
+            .env("KAFKA_USERNAME", "svc-gateway-user")
+            .output()
+            .unwrap()
+    };
+    // Without secrets/: exit 2, each missing file named by its path.
+    let out = check();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("kafka.tls.ca_file: cannot read 'secrets/kafka-ca.pem'"), "{err}");
+    assert!(err.contains("kafka.sasl.password_file: cannot read 'secrets/kafka-password'"), "{err}");
+    // With them it passes, and neither run shows a credential.
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    std::fs::write(
+        dir.path().join("secrets/kafka-ca.pem"),
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("secrets/kafka-password"), "pa55-w0rd-in-a-file\n").unwrap();
+    let ok = check();
+    assert!(ok.status.success(), "{ok:?}");
+    let all = format!("{err}{}{}", String::from_utf8_lossy(&ok.stdout), String::from_utf8_lossy(&ok.stderr));
+    assert!(!all.contains("pa55-w0rd") && !all.contains("svc-gateway-user"), "{all}");
+    // The username's variable unset is named too.
+    let out = Command::new(BIN)
+        .args(["--config", example, "--check"])
+        .current_dir(dir.path())
+        .env_remove("KAFKA_USERNAME")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'KAFKA_USERNAME' is not set"), "{out:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_requests_in_flight_and_exits_zero_with_everything_on_disk() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -76,6 +76,9 @@ pub(super) fn default_kafka_max_message_bytes() -> usize {
 pub(super) fn default_kafka_record_key() -> String {
     "user_or_anonymous_id".into()
 }
+pub(super) fn default_kafka_security_protocol() -> String {
+    "plaintext".into()
+}
 /// Our default `batch.size`, set after the other defaults because it may not exceed
 /// `message.max.bytes`. Under load a partition's batch is sent once it holds 256 KiB instead of
 /// librdkafka's 1 MB: batches then fill (and leave) before linger.ms, and the copy + lz4 pass
@@ -197,6 +200,9 @@ impl Default for RawKafka {
             message_timeout_ms: default_kafka_message_timeout_ms(),
             max_message_bytes: default_kafka_max_message_bytes(),
             record_key: default_kafka_record_key(),
+            security_protocol: default_kafka_security_protocol(),
+            tls: None,
+            sasl: None,
             producer: BTreeMap::new(),
         }
     }

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::defaults::{default_kafka_producer, DEFAULT_BATCH_BYTES};
+use super::kafka_security::SECURITY_PROPERTIES;
 use super::{RawKafka, MAX_KAFKA_MESSAGE_TIMEOUT_MS};
 use crate::publish::kafka::{is_sensitive_property, KafkaConfig, RecordKey};
 
@@ -96,7 +97,7 @@ impl RawKafka {
         let mut spelled: BTreeMap<String, String> = BTreeMap::new();
         for (name, value) in given {
             let canonical = KAFKA_ALIASES.iter().find(|(alias, _)| *alias == name).map_or(name.as_str(), |(_, c)| *c);
-            if let Some((_, hint)) = KAFKA_RESERVED.iter().find(|(r, _)| *r == canonical) {
+            if let Some((_, hint)) = KAFKA_RESERVED.iter().chain(SECURITY_PROPERTIES).find(|(r, _)| *r == canonical) {
                 bad(format!("kafka.producer.{name}: {hint}"));
                 continue;
             }
@@ -104,19 +105,12 @@ impl RawKafka {
                 bad(format!("kafka.producer: '{first}' and '{name}' are the same librdkafka property; delete one"));
                 continue;
             }
-            // Each property alone, so that every bad one is reported (and never its value:
-            // it may be a password).
-            let mut probe = rdkafka::ClientConfig::new();
-            probe.set(canonical, value.as_str());
-            if let Err(e) = probe.create_native_config() {
-                let why = match e {
-                    _ if is_sensitive_property(canonical) => "librdkafka refused the value".to_string(),
-                    rdkafka::error::KafkaError::ClientConfig(_, desc, _, _) => desc,
-                    other => other.to_string(),
-                };
-                bad(format!("kafka.producer.{name}: {}", why.trim_end_matches('.')));
-            }
+            probe_property(&format!("kafka.producer.{name}"), canonical, &value, bad);
             properties.insert(canonical.to_string(), value);
+        }
+        for (name, value) in self.security_properties(bad) {
+            probe_property(&format!("kafka: {name}"), name, &value, bad);
+            properties.insert(name.to_string(), value);
         }
         properties.insert("bootstrap.servers".into(), brokers.clone());
         properties.insert("message.timeout.ms".into(), message_timeout_ms.to_string());
@@ -127,5 +121,21 @@ impl RawKafka {
             properties.insert("batch.size".into(), DEFAULT_BATCH_BYTES.min(max_message_bytes).to_string());
         }
         KafkaConfig { brokers, message_timeout_ms, max_message_bytes, record_key, properties }
+    }
+}
+
+/// Sets one property alone on a throwaway librdkafka config, so that every bad one is reported
+/// (and never its value: it may be a password). This is also where a build without a feature
+/// says so (e.g. a codec librdkafka was built without).
+fn probe_property(key: &str, name: &str, value: &str, bad: &mut dyn FnMut(String)) {
+    let mut probe = rdkafka::ClientConfig::new();
+    probe.set(name, value);
+    if let Err(e) = probe.create_native_config() {
+        let why = match e {
+            _ if is_sensitive_property(name) => "librdkafka refused the value".to_string(),
+            rdkafka::error::KafkaError::ClientConfig(_, desc, _, _) => desc,
+            other => other.to_string(),
+        };
+        bad(format!("{key}: {}", why.trim_end_matches('.')));
     }
 }

@@ -16,6 +16,8 @@
 //! - `defaults`: every `default_*` function and `impl Default` of the raw shapes;
 //! - `build`: [`RawConfig::validate`], raw → validated, gathering every problem;
 //! - `kafka`: the `[kafka]` part of that validation (librdkafka properties, aliases);
+//! - `kafka_security`: `kafka.security_protocol`, `[kafka.tls]` and `[kafka.sasl]` (files that
+//!   must be readable, credentials from the file, an env var or a file);
 //! - `tests`: the unit tests.
 //!
 //! Each stage owns its own settings type and config only builds it: the key and source types
@@ -26,6 +28,7 @@
 mod build;
 mod defaults;
 mod kafka;
+mod kafka_security;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -42,8 +45,8 @@ use crate::publish::kafka::redacted_properties;
 pub use crate::access::keys::{KeyKind, OriginPattern, Source, TypeSet, WriteKey};
 pub use crate::publish::kafka::{is_sensitive_property, KafkaConfig, RecordKey};
 pub use raw::{
-    RawConfig, RawContracts, RawDedup, RawKafka, RawKey, RawLimits, RawLocalLog, RawLog, RawRateLimits, RawServer,
-    RawSink, RawSource, RawSourceContracts, RawTopics, RawUsage,
+    RawConfig, RawContracts, RawDedup, RawKafka, RawKafkaSasl, RawKafkaTls, RawKey, RawLimits, RawLocalLog, RawLog,
+    RawRateLimits, RawServer, RawSink, RawSource, RawSourceContracts, RawTopics, RawUsage, Secret,
 };
 
 /// The embedded default configuration (`config/gateway.toml`): local log, one demo source.

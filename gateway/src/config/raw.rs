@@ -248,11 +248,71 @@ pub struct RawKafka {
     /// user's events stay in order on one partition), `message_id`, or `none` (round robin).
     #[serde(default = "default_kafka_record_key")]
     pub record_key: String,
+    /// `security.protocol`: `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    #[serde(default = "default_kafka_security_protocol")]
+    pub security_protocol: String,
+    /// TLS to the brokers (with `ssl` / `sasl_ssl`).
+    #[serde(default)]
+    pub tls: Option<RawKafkaTls>,
+    /// SASL credentials (with `sasl_plaintext` / `sasl_ssl`).
+    #[serde(default)]
+    pub sasl: Option<RawKafkaSasl>,
     /// Any librdkafka producer property, passed through as text and overriding our defaults,
-    /// e.g. `"linger.ms" = 10` or `"sasl.mechanisms" = "PLAIN"`. Numbers and booleans are
-    /// turned into text; dotted keys may be quoted or not.
+    /// e.g. `"linger.ms" = 10` or `"compression.type" = "zstd"`. Numbers and booleans are
+    /// turned into text; dotted keys may be quoted or not. The security properties have their
+    /// own keys above.
     #[serde(default)]
     pub producer: BTreeMap<String, toml::Value>,
+}
+
+/// `[kafka.tls]`: PEM files librdkafka reads when the producer starts. Relative paths are
+/// relative to the working directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafkaTls {
+    /// `ssl.ca.location`: the CA bundle that signed the brokers' certificates; default: the
+    /// system's trust store (what managed Kafka with public certificates needs).
+    pub ca_file: Option<PathBuf>,
+    /// `ssl.certificate.location` and `ssl.key.location`: the client certificate and its
+    /// private key, for mutual TLS (both or neither).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// `ssl.key.password`, when the private key is encrypted: at most one of the three.
+    pub key_password: Option<Secret>,
+    pub key_password_env: Option<String>,
+    pub key_password_file: Option<PathBuf>,
+    /// Check that a broker's certificate names the host we connected to
+    /// (`ssl.endpoint.identification.algorithm = https`); default true.
+    #[serde(default = "default_true")]
+    pub verify_hostname: bool,
+}
+
+/// `[kafka.sasl]`: the mechanism and credentials. Each credential comes from the file itself,
+/// an environment variable (`*_env`) or a file (`*_file`, e.g. a mounted Kubernetes secret):
+/// exactly one of the three.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafkaSasl {
+    /// `sasl.mechanism`: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: String,
+    pub username: Option<Secret>,
+    pub username_env: Option<String>,
+    pub username_file: Option<PathBuf>,
+    pub password: Option<Secret>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+/// A credential from the file: its `Debug` never shows it, so a `{:?}` of the raw config in a
+/// log or a test failure cannot leak it.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -32,7 +32,9 @@ fn shipped_configs_are_valid() {
     let mut n = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml") {
+        // The secured-Kafka example reads secrets/ relative to where it runs: tests/binary.rs
+        // checks it with and without those files.
+        if path.extension().is_some_and(|e| e == "toml") && !path.ends_with("kafka-sasl-ssl.toml") {
             Config::load(Some(&path), &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
             n += 1;
         }
@@ -204,16 +206,18 @@ fn kafka_problems_are_all_reported() {
 
 #[test]
 fn kafka_secrets_are_redacted() {
-    let k = kafka("[kafka]\nbrokers = \"b:1\"\n[kafka.producer]\n\"sasl.password\" = \"hunter2\"\n").unwrap();
+    let sasl = "[kafka]\nbrokers = \"b:1\"\nsecurity_protocol = \"sasl_plaintext\"\n[kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"api-key-7\"\npassword = \"hunter2\"\n";
+    let k = kafka(sasl).unwrap();
     assert_eq!(k.properties["sasl.password"], "hunter2");
-    assert!(!format!("{k:?}").contains("hunter2"));
-    let c = Config::from_toml(
-        "f",
-        &format!("[sink]\nkind = \"kafka\"\n[kafka]\nbrokers = \"b:1\"\n[kafka.producer]\n\"sasl.password\" = \"hunter2\"\n{KAFKA_SOURCE}"),
-        &Overrides::default(),
-    )
-    .unwrap();
+    assert_eq!(k.properties["sasl.username"], "api-key-7");
+    assert!(!format!("{k:?}").contains("hunter2") && !format!("{k:?}").contains("api-key-7"));
+    let c = Config::from_toml("f", &format!("[sink]\nkind = \"kafka\"\n{sasl}{KAFKA_SOURCE}"), &Overrides::default())
+        .unwrap();
     assert!(!c.summary().contains("hunter2"), "{}", c.summary());
+    assert!(!format!("{c:?}").contains("hunter2"));
+    // The raw shapes too: a `{:?}` of the file as read shows no credential.
+    let raw: RawConfig = toml::from_str(sasl).unwrap();
+    assert!(!format!("{raw:?}").contains("hunter2"), "{raw:?}");
 }
 
 #[test]
@@ -222,4 +226,137 @@ fn debug_output_redacts_keys() {
     let dbg = format!("{c:?}");
     assert!(!dbg.contains(&c.sources[0].keys[0].key));
     assert!(!c.summary().contains(&c.sources[0].keys[0].key));
+}
+
+mod security {
+    use super::*;
+    use std::io::Write;
+
+    const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    fn pem(dir: &std::path::Path, name: &str) -> String {
+        let path = dir.join(name);
+        std::fs::write(&path, PEM).unwrap();
+        path.display().to_string()
+    }
+
+    #[test]
+    fn sasl_ssl_with_mtls_and_credentials_from_env_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = (pem(dir.path(), "ca.pem"), pem(dir.path(), "client.pem"), pem(dir.path(), "client.key"));
+        let secret = dir.path().join("password");
+        std::fs::File::create(&secret).unwrap().write_all(b"s3cr3t-from-file\n").unwrap();
+        std::env::set_var("GATEWAY_TEST_SASL_USER_1", "user-from-env");
+        let k = kafka(&format!(
+            "[kafka]\nbrokers = \"b:9093\"\nsecurity_protocol = \"sasl_ssl\"\n[kafka.tls]\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n[kafka.sasl]\nmechanism = \"scram-sha-512\"\nusername_env = \"GATEWAY_TEST_SASL_USER_1\"\npassword_file = \"{}\"\n",
+            secret.display()
+        ))
+        .unwrap();
+        let p = |n: &str| k.properties.get(n).map(String::as_str);
+        assert_eq!(p("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(p("ssl.ca.location"), Some(ca.as_str()));
+        assert_eq!(p("ssl.certificate.location"), Some(cert.as_str()));
+        assert_eq!(p("ssl.key.location"), Some(key.as_str()));
+        assert_eq!(p("ssl.endpoint.identification.algorithm"), Some("https"));
+        assert_eq!(p("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(p("sasl.username"), Some("user-from-env"));
+        // The file's trailing newline is not part of the secret.
+        assert_eq!(p("sasl.password"), Some("s3cr3t-from-file"));
+        let shown = format!("{k:?}");
+        assert!(!shown.contains("s3cr3t") && !shown.contains("user-from-env"), "{shown}");
+    }
+
+    #[test]
+    fn ssl_without_a_ca_file_probes_the_system_trust_store() {
+        let k = kafka("[kafka]\nbrokers = \"b:9093\"\nsecurity_protocol = \"ssl\"\n").unwrap();
+        assert_eq!(k.properties.get("ssl.ca.location").map(String::as_str), Some("probe"));
+        assert_eq!(k.properties.get("security.protocol").map(String::as_str), Some("ssl"));
+        assert!(!k.properties.contains_key("sasl.mechanism"));
+        let plain = kafka("[kafka]\nbrokers = \"b:9092\"\n").unwrap();
+        assert_eq!(plain.properties.get("security.protocol").map(String::as_str), Some("plaintext"));
+        assert!(!plain.properties.contains_key("ssl.ca.location"));
+        // verify_hostname = false turns the name check off (a broker reached by IP).
+        let k =
+            kafka("[kafka]\nbrokers = \"b:9093\"\nsecurity_protocol = \"ssl\"\n[kafka.tls]\nverify_hostname = false\n")
+                .unwrap();
+        assert_eq!(k.properties.get("ssl.endpoint.identification.algorithm").map(String::as_str), Some("none"));
+    }
+
+    #[test]
+    fn security_problems_name_the_file_and_never_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.txt");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let missing = dir.path().join("nope/ca.pem");
+        let cert = pem(dir.path(), "client.pem");
+        std::env::remove_var("GATEWAY_TEST_SASL_UNSET_2");
+        let cases: &[(String, &[&str])] = &[
+            (
+                format!("security_protocol = \"ssl\"\n[kafka.tls]\nca_file = \"{}\"\n", missing.display()),
+                &["kafka.tls.ca_file: cannot read", "nope/ca.pem", "No such file"],
+            ),
+            (
+                format!("security_protocol = \"ssl\"\n[kafka.tls]\nca_file = \"{}\"\n", not_pem.display()),
+                &["kafka.tls.ca_file:", "ca.txt' holds no PEM block"],
+            ),
+            (
+                format!("security_protocol = \"ssl\"\n[kafka.tls]\ncert_file = \"{cert}\"\n"),
+                &["kafka.tls.cert_file is set without kafka.tls.key_file"],
+            ),
+            ("security_protocol = \"tls\"\n".into(), &["kafka.security_protocol: 'tls' is not one of"]),
+            ("security_protocol = \"sasl_ssl\"\n".into(), &["needs [kafka.sasl]"]),
+            (
+                "[kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"\npassword = \"topsecret\"\n".into(),
+                &["kafka.sasl is set but kafka.security_protocol is 'plaintext'"],
+            ),
+            (
+                "[kafka.tls]\nverify_hostname = true\n".into(),
+                &["kafka.tls is set but kafka.security_protocol is 'plaintext'"],
+            ),
+            (
+                "security_protocol = \"sasl_plaintext\"\n[kafka.sasl]\nmechanism = \"GSSAPI\"\nusername = \"u\"\npassword = \"topsecret\"\npassword_env = \"X\"\n".into(),
+                &["kafka.sasl.mechanism: 'GSSAPI' is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512", "give one of them"],
+            ),
+            (
+                "security_protocol = \"sasl_plaintext\"\n[kafka.sasl]\nmechanism = \"PLAIN\"\nusername_env = \"GATEWAY_TEST_SASL_UNSET_2\"\n".into(),
+                &["the environment variable 'GATEWAY_TEST_SASL_UNSET_2' is not set", "kafka.sasl.password is required"],
+            ),
+            (
+                format!(
+                    "security_protocol = \"sasl_plaintext\"\n[kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"\npassword_file = \"{}\"\n",
+                    missing.display()
+                ),
+                &["kafka.sasl.password_file: cannot read", "nope/ca.pem"],
+            ),
+            (
+                "[kafka.producer]\n\"security.protocol\" = \"ssl\"\n\"sasl.mechanisms\" = \"PLAIN\"\n\"sasl.password\" = \"topsecret\"\n".into(),
+                &[
+                    "kafka.producer.security.protocol: set kafka.security_protocol instead",
+                    "kafka.producer.sasl.mechanisms: set kafka.sasl.mechanism instead",
+                    "kafka.producer.sasl.password: set kafka.sasl.password",
+                ],
+            ),
+        ];
+        for (text, needles) in cases {
+            let err = kafka(&format!("[kafka]\nbrokers = \"b:1\"\n{text}")).unwrap_err();
+            let all = err.problems.join("\n");
+            for needle in *needles {
+                assert!(all.contains(needle), "missing {needle:?} for\n{text}\nin:\n{all}");
+            }
+            assert!(!all.contains("topsecret"), "{all}");
+        }
+    }
+
+    #[test]
+    fn every_codec_librdkafka_has_is_accepted() {
+        for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+            let k =
+                kafka(&format!("[kafka]\nbrokers = \"b:1\"\n[kafka.producer]\n\"compression.type\" = \"{codec}\"\n"))
+                    .unwrap_or_else(|e| panic!("{codec}: {e}"));
+            assert_eq!(k.properties["compression.type"], codec);
+        }
+        let err =
+            kafka("[kafka]\nbrokers = \"b:1\"\n[kafka.producer]\n\"compression.type\" = \"brotli\"\n").unwrap_err();
+        assert!(err.problems.join("\n").contains("kafka.producer.compression.type"), "{err}");
+    }
 }

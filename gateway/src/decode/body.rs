@@ -1,5 +1,11 @@
-//! The request body: content-type and content-encoding rules, the size caps ([`Limits`]),
-//! reading the body and inflating gzip.
+//! The request body: the content-encoding rule, the size caps ([`Limits`]), reading the body
+//! and inflating gzip.
+//!
+//! Every ingest body is read as JSON whatever its `Content-Type`: real SDKs post JSON as
+//! `application/x-www-form-urlencoded` (their HTTP library's default), `application/octet-stream`,
+//! `text/plain` (sendBeacon, a CORS-simple type) or with none at all, and a 415 would lose every
+//! event they send. The type only appears in the message of a body that is not JSON
+//! ([`DecodeError::sent_as`]). A `Content-Encoding` we cannot decode stays a 415.
 //!
 //! Owns: the caps, enforced while the body streams and again while gzip inflates, so a bomb
 //! cannot make us allocate past the cap. Must not: parse JSON (see `parse`) or look at events.
@@ -23,14 +29,6 @@ pub struct Limits {
 
 /// Checks the headers before a byte of the body is read.
 pub fn check_headers(headers: &HeaderMap, limits: &Limits) -> Result<Encoding, DecodeError> {
-    if let Some(ct) = headers.get(http::header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or("");
-        let essence = ct.split(';').next().unwrap_or("").trim();
-        // sendBeacon and analytics.js send text/plain (a CORS-simple type: no preflight).
-        if !(essence.eq_ignore_ascii_case("application/json") || essence.eq_ignore_ascii_case("text/plain")) {
-            return Err(DecodeError::UnsupportedMediaType(truncate(ct, 64)));
-        }
-    }
     let encoding = match headers.get(http::header::CONTENT_ENCODING) {
         None => Encoding::Identity,
         Some(v) => {
@@ -53,6 +51,13 @@ pub fn check_headers(headers: &HeaderMap, limits: &Limits) -> Result<Encoding, D
         }
     }
     Ok(encoding)
+}
+
+/// The request's `Content-Type` as a message may quote it: at most 64 characters, `None`
+/// when there is none (or it is not visible ASCII).
+pub fn content_type(headers: &HeaderMap) -> Option<String> {
+    let ct = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?.trim();
+    Some(truncate(ct, 64))
 }
 
 /// The body's content encoding.

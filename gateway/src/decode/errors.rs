@@ -11,8 +11,6 @@ use super::MAX_DEPTH;
 /// Why a whole request body was refused. `respond` maps each to a status and code.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("content type '{0}' is not supported; send application/json or text/plain")]
-    UnsupportedMediaType(String),
     #[error("content encoding '{0}' is not supported; send gzip or no encoding")]
     UnsupportedEncoding(String),
     #[error("{what} exceeds the limit of {limit} bytes")]
@@ -32,6 +30,26 @@ pub enum DecodeError {
     /// A single-call request whose one event failed its checks.
     #[error(transparent)]
     Event(#[from] EventError),
+}
+
+impl DecodeError {
+    /// Names the request's `Content-Type` in the message of a body that is not JSON, so that a
+    /// client sending form data or a file learns why (every ingest body is read as JSON).
+    /// Other errors are returned as they are.
+    pub fn sent_as(self, content_type: Option<&str>) -> Self {
+        match self {
+            DecodeError::InvalidJson { offset, detail } => {
+                let sent = match content_type {
+                    Some(ct) => format!("Content-Type '{ct}'"),
+                    None => "no Content-Type".to_string(),
+                };
+                let detail =
+                    format!("{detail} (the body came with {sent}; every body is read as JSON, whatever its type)");
+                DecodeError::InvalidJson { offset, detail }
+            }
+            other => other,
+        }
+    }
 }
 
 /// Why one event was refused. In a batch this becomes an entry of `errors`; on a single-call

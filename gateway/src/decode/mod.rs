@@ -22,8 +22,8 @@
 //! always read.
 //!
 //! # Layout (data-flow order)
-//! - `body`: content type and encoding, the caps ([`Limits`]), reading the body and inflating
-//!   gzip under the cap.
+//! - `body`: content encoding (any content type is read as JSON), the caps ([`Limits`]),
+//!   reading the body and inflating gzip under the cap.
 //! - `parse`: the typed borrowed parse of a single call or a batch ([`parse_body`],
 //!   [`parse_event`]).
 //! - `fit`: the JSON limits of forwarded subtrees ([`MAX_DEPTH`], paired surrogate escapes).
@@ -50,7 +50,7 @@ pub mod timestamp;
 
 use std::fmt;
 
-pub use body::{check_headers, inflate_capped, read_body, Encoding, Limits};
+pub use body::{check_headers, content_type, inflate_capped, read_body, Encoding, Limits};
 pub use errors::{DecodeError, EventError, Unfit};
 pub use fit::MAX_DEPTH;
 pub use members::{object_members, Members};

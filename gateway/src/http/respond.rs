@@ -36,9 +36,7 @@ impl Error {
         match self {
             Error::Auth(_) => StatusCode::UNAUTHORIZED,
             Error::Decode(d) => match d {
-                DecodeError::UnsupportedMediaType(_) | DecodeError::UnsupportedEncoding(_) => {
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE
-                }
+                DecodeError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 DecodeError::PayloadTooLarge { .. } | DecodeError::TooManyEvents { .. } => {
                     StatusCode::PAYLOAD_TOO_LARGE
                 }
@@ -64,7 +62,6 @@ impl Error {
 /// Every code of a whole-body [`DecodeError`] (its `Event` variant is [`EVENT_CODES`]), as
 /// [`Error::code`] maps them.
 pub const DECODE_CODES: &[&str] = &[
-    "unsupported_media_type",
     "unsupported_encoding",
     "payload_too_large",
     "request_timeout",
@@ -339,7 +336,6 @@ mod tests {
     fn decode_samples() -> Vec<DecodeError> {
         use DecodeError::*;
         let all = vec![
-            UnsupportedMediaType("x".into()),
             UnsupportedEncoding("br".into()),
             PayloadTooLarge { what: "request body", limit: 1 },
             TooManyEvents { count: 2, limit: 1 },
@@ -350,8 +346,7 @@ mod tests {
             InvalidBody("x"),
         ];
         all.iter().for_each(|e| match e {
-            UnsupportedMediaType(_)
-            | UnsupportedEncoding(_)
+            UnsupportedEncoding(_)
             | PayloadTooLarge { .. }
             | TooManyEvents { .. }
             | BodyTimeout(_)

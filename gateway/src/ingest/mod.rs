@@ -106,7 +106,8 @@ where
     let bytes = decode::read_body(body, encoding, limits, timeout).await?;
     state.metrics.request_body_bytes.with_label_values(&[route.name]).observe(bytes.len() as f64);
     let received_at = (state.clocks.wall)();
-    let payload = decode::parse_body(&bytes, route.batch, limits)?;
+    let payload = decode::parse_body(&bytes, route.batch, limits)
+        .map_err(|e| e.sent_as(decode::content_type(&parts.headers).as_deref()))?;
     let cred = match head_cred {
         Some(c) => c,
         None => admit::body_credential(state, rt, &payload, origin, ip, rate)?,

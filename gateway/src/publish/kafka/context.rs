@@ -32,6 +32,9 @@ pub(super) struct Health {
     /// since; 0 = none. Cleared by a success, and by a failed probe (an outage explains it).
     pub(super) stuck_since_ms: AtomicU64,
     last_problem: Mutex<String>,
+    /// The last TLS or SASL failure, until the next good metadata answer: "all brokers are
+    /// down" follows it and would otherwise hide why (a wrong CA, a wrong password).
+    security_problem: Mutex<Option<String>>,
     /// The last statistics librdkafka emitted (`statistics.interval.ms`).
     pub(super) stats: Mutex<Option<SinkStats>>,
 }
@@ -44,6 +47,7 @@ impl Health {
             all_down: AtomicBool::new(false),
             stuck_since_ms: AtomicU64::new(0),
             last_problem: Mutex::new("no metadata answer yet".into()),
+            security_problem: Mutex::new(None),
             stats: Mutex::new(None),
         }
     }
@@ -57,6 +61,9 @@ impl Health {
         let was_ready = self.ready();
         self.last_ok_ms.store(self.now_ms(), Ordering::Relaxed);
         self.all_down.store(false, Ordering::Relaxed);
+        if let Ok(mut s) = self.security_problem.lock() {
+            *s = None;
+        }
         !was_ready
     }
 
@@ -79,7 +86,18 @@ impl Health {
     }
 
     pub(super) fn last_problem(&self) -> String {
-        self.last_problem.lock().map(|p| p.clone()).unwrap_or_default()
+        let last = self.last_problem.lock().map(|p| p.clone()).unwrap_or_default();
+        match self.security_problem.lock().ok().and_then(|s| s.clone()) {
+            Some(why) if !last.contains(&why) => format!("{last} (the connection failed: {why})"),
+            _ => last,
+        }
+    }
+
+    fn security(&self, why: String) {
+        if let Ok(mut s) = self.security_problem.lock() {
+            *s = Some(why.clone());
+        }
+        self.problem(why);
     }
 
     fn delivered(&self, ok: bool) {
@@ -183,6 +201,19 @@ impl ClientContext for Context {
             // librdkafka's own log line (facility FAIL) already says which broker and why.
             RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::Resolve => {
                 tracing::debug!(class, reason, "kafka: broker connection failed")
+            }
+            // A wrong CA, a certificate the broker refuses, a wrong password: a setting to
+            // fix, not an outage to wait out, so it is what /ready says.
+            RDKafkaErrorCode::SSL => {
+                tracing::error!(class, reason, "kafka: TLS with the broker failed");
+                self.health.security(format!("TLS failed: {reason}"));
+            }
+            RDKafkaErrorCode::Authentication
+            | RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::UnsupportedSASLMechanism
+            | RDKafkaErrorCode::IllegalSASLState => {
+                tracing::error!(class, reason, "kafka: SASL authentication failed");
+                self.health.security(format!("SASL authentication failed: {reason}"));
             }
             RDKafkaErrorCode::Fatal => {
                 tracing::error!(class, reason, "kafka: the producer failed for good; replacing it");

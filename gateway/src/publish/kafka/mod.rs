@@ -56,7 +56,7 @@ use rdkafka::error::KafkaError;
 
 pub use errors::{classify, error_class, is_permanent};
 pub use publisher::KafkaPublisher;
-pub use reader::{read_topic, ReadRecord};
+pub use reader::{read_topic, read_topic_with, ReadRecord};
 pub(crate) use settings::redacted_properties;
 pub use settings::{is_sensitive_property, KafkaConfig, RecordKey};
 

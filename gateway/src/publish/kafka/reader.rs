@@ -1,9 +1,11 @@
 //! Reading a topic back, for tests and tools (the `kafka_dump` example); never on the request
 //! path.
 //!
-//! Owns: [`ReadRecord`] and [`read_topic`].
+//! Owns: [`ReadRecord`], [`read_topic`] and [`read_topic_with`] (the same, with the
+//! producer's security properties, for a TLS or SASL broker).
 //! Must not: be used by the publisher, or commit offsets.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -38,7 +40,25 @@ impl ReadRecord {
 /// drains whatever the fetches already brought (the rest of that batch, and records produced
 /// since), until a poll comes back empty.
 pub fn read_topic(brokers: &str, topic: &str, timeout: Duration) -> Result<Vec<ReadRecord>, KafkaError> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    read_topic_with(brokers, topic, timeout, &BTreeMap::new())
+}
+
+/// [`read_topic`] with the security properties (`security.protocol`, `ssl.*`, `sasl.*`) of
+/// `properties`, e.g. a producer's [`KafkaConfig::properties`](super::KafkaConfig); the
+/// others are producer settings a consumer does not take, and are left out.
+pub fn read_topic_with(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+    properties: &BTreeMap<String, String>,
+) -> Result<Vec<ReadRecord>, KafkaError> {
+    let mut config = ClientConfig::new();
+    for (k, v) in properties {
+        if k == "security.protocol" || k.starts_with("ssl.") || k.starts_with("sasl.") {
+            config.set(k, v);
+        }
+    }
+    let consumer: BaseConsumer = config
         .set("bootstrap.servers", brokers)
         .set("group.id", "segment-gateway-reader")
         .set("enable.auto.commit", "false")

@@ -43,7 +43,9 @@ pub enum RecordKey {
 
 /// librdkafka property names whose values are secrets.
 pub fn is_sensitive_property(name: &str) -> bool {
+    // A SASL username is often half of an API key pair (Confluent Cloud's key and secret).
     name.contains("password")
+        || name == "sasl.username"
         || name.contains("secret")
         || name.contains("keystore")
         || name.ends_with("key.pem")
