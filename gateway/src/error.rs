@@ -7,6 +7,7 @@
 use crate::access::auth::AuthError;
 use crate::access::AccessError;
 use crate::decode::DecodeError;
+use crate::import::ImportError;
 use crate::publish::PublishError;
 
 /// Everything that can end a request with an error.
@@ -20,6 +21,8 @@ pub enum Error {
     Access(#[from] AccessError),
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error(transparent)]
+    Import(#[from] ImportError),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("method {method} is not allowed on {path}; use {allowed}")]
@@ -42,6 +45,7 @@ impl Error {
             },
             Error::Access(a) => a.code(),
             Error::Publish(p) => p.code(),
+            Error::Import(i) => i.code(),
             Error::NotFound(_) => "not_found",
             Error::MethodNotAllowed { .. } => "method_not_allowed",
         }

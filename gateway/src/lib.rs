@@ -17,7 +17,9 @@
 //!     normalisation (messageId, timestamps and clock skew, `context.ip`), `decode::timestamp`;
 //!   - [`consent`]: TCF v2 / US Privacy decoding, categories, per-source policy;
 //!   - [`validate`]: tracking plans (JSON Schema contracts) compiled once, checked per event;
-//!   - [`dedup`]: messageId reservations, bounded by TTL and capacity, with a snapshot.
+//!   - [`dedup`]: messageId reservations, bounded by TTL and capacity, with a snapshot;
+//!   - [`import`]: the reference APIs' bodies (`/v1/events`, `/api/client/events`) turned into
+//!     Segment calls before decode, so that they take the same path.
 //! - [`publish`]: the [`Publisher`] trait and its sinks (local log, Kafka, memory): the promise
 //!   behind a 2xx.
 //! - [`ops`]: metrics, signals and shutdown (config reload is `ingest::reload`).
@@ -37,6 +39,7 @@ pub mod decode;
 pub mod dedup;
 pub mod error;
 pub mod http;
+pub mod import;
 pub mod ingest;
 pub mod json;
 pub mod ops;
@@ -90,6 +93,10 @@ pub async fn serve_with_admin(
         .clone()
         .spawn_sweeper(Duration::from_millis(rt.config.dedup.sweep_interval_ms), background.clone().cancelled_owned());
     let housekeeping = tokio::spawn(housekeeping(state.clone(), background.clone()));
+    // Import jobs run beside live traffic and stop between chunks at shutdown (a stopped job
+    // resumes at the next start).
+    let jobs = tokio::spawn(ingest::jobs::run(state.clone(), background.clone()));
+    let job_sweeper = tokio::spawn(ingest::jobs::sweep(state.clone(), background.clone()));
     drop(rt);
 
     let admin_task = admin.map(|l| tokio::spawn(http::server::serve_admin(l, state.clone(), background.clone())));
@@ -102,6 +109,8 @@ pub async fn serve_with_admin(
         let _ = t.await;
     }
     let _ = sweeper.await;
+    let _ = jobs.await;
+    let _ = job_sweeper.await;
     let _ = housekeeping.await;
     let st = state.clone();
     let persisted = tokio::task::spawn_blocking(move || {

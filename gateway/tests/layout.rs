@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 const MAX_LINES: usize = 600;
-const STAGES: &[&str] = &["access", "decode", "consent", "validate", "dedup", "publish"];
+const STAGES: &[&str] = &["access", "decode", "consent", "validate", "dedup", "publish", "import"];
 const ABOVE_STAGES: &[&str] = &["config", "http", "ingest", "ops"];
 
 fn src() -> PathBuf {

@@ -1,7 +1,8 @@
 //! Auth: finds the write key of a request and maps it to its [`Source`].
 //!
-//! Owns: where a key may come from and in which order (`X-Write-Key`, `Authorization: Basic`,
-//! `?writeKey=`, then the body's `writeKey`, handed over by decode), and the key → source table.
+//! Owns: where a key may come from and in which order (`X-Write-Key`, `Authorization: Basic`
+//! or `Bearer`, `?writeKey=`, then the body's `writeKey`, handed over by decode), and the key →
+//! source table.
 //! Must not: read the body itself, log a key, or know about the sink.
 //!
 //! Keys are compared in constant time. The table is indexed by the SHA-256 of each key, so the
@@ -22,7 +23,9 @@ use super::keys::{Source, WriteKey};
 /// Why a request has no source.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("no write key: send X-Write-Key, Authorization: Basic base64(key:), ?writeKey= or a body writeKey")]
+    #[error(
+        "no write key: send X-Write-Key, Authorization: Basic base64(key:) or Bearer KEY, ?writeKey= or a body writeKey"
+    )]
     Missing,
     #[error("the write key is not valid")]
     Invalid,
@@ -126,8 +129,8 @@ pub fn key_from_head(parts: &Parts) -> Result<Option<Cow<'_, str>>, AuthError> {
         }
     }
     if let Some(v) = parts.headers.get(http::header::AUTHORIZATION) {
-        if let Some(k) = basic_user(v.as_bytes())? {
-            return Ok(Some(Cow::Owned(k)));
+        if let Some(k) = authorization_key(v.as_bytes())? {
+            return Ok(Some(k));
         }
     }
     if let Some(q) = parts.uri.query() {
@@ -140,28 +143,19 @@ pub fn key_from_head(parts: &Parts) -> Result<Option<Cow<'_, str>>, AuthError> {
     Ok(None)
 }
 
-/// The key of a read endpoint (`GET /v1/usage`): `Authorization: Bearer KEY`, or any form
-/// ingestion accepts in the head.
-pub fn key_for_read(parts: &Parts) -> Result<Option<Cow<'_, str>>, AuthError> {
-    if let Some(v) = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        if let Some((scheme, token)) = v.trim().split_once(' ') {
-            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
-                return Ok(Some(Cow::Borrowed(token.trim())));
-            }
-        }
-    }
-    key_from_head(parts)
-}
-
-/// The user part of `Authorization: Basic base64(user:password)`; the password is ignored
-/// (Segment's libraries send the key as the user and an empty password).
-fn basic_user(value: &[u8]) -> Result<Option<String>, AuthError> {
+/// The key of `Authorization`: the token of `Bearer KEY` (the reference APIs' form), or the
+/// user part of `Basic base64(user:password)` with the password ignored (Segment's libraries
+/// send the key as the user and an empty password). Another scheme carries no key.
+fn authorization_key(value: &[u8]) -> Result<Option<Cow<'_, str>>, AuthError> {
     let value = std::str::from_utf8(value).map_err(|_| AuthError::Malformed("not ASCII"))?.trim();
     let Some((scheme, rest)) = value.split_once(' ') else {
-        return Err(AuthError::Malformed("expected 'Basic <base64>'"));
+        return Err(AuthError::Malformed("expected 'Basic <base64>' or 'Bearer <key>'"));
     };
+    if scheme.eq_ignore_ascii_case("bearer") {
+        let token = rest.trim();
+        return Ok(if token.is_empty() { None } else { Some(Cow::Borrowed(token)) });
+    }
     if !scheme.eq_ignore_ascii_case("basic") {
-        // Another scheme (e.g. Bearer) carries no write key for ingestion.
         return Ok(None);
     }
     let decoded = base64::engine::general_purpose::STANDARD
@@ -172,7 +166,7 @@ fn basic_user(value: &[u8]) -> Result<Option<String>, AuthError> {
         Some((u, _password)) => u.to_string(),
         None => text,
     };
-    Ok(if user.is_empty() { None } else { Some(user) })
+    Ok(if user.is_empty() { None } else { Some(Cow::Owned(user)) })
 }
 
 /// One query parameter, percent-decoded (`+` is a space, as in forms).
@@ -248,7 +242,12 @@ mod tests {
         assert_eq!(key_from_head(&p).unwrap().unwrap(), "k");
         let p = parts(http::Request::post("/").header("authorization", "Basic !!!"));
         assert_eq!(key_from_head(&p).unwrap_err().code(), "invalid_write_key");
+        // Bearer is the fifth way (the reference APIs'); other schemes carry no key.
         let p = parts(http::Request::post("/").header("authorization", "Bearer abc"));
+        assert_eq!(key_from_head(&p).unwrap().unwrap(), "abc");
+        let p = parts(http::Request::post("/?writeKey=q").header("authorization", "bearer  tok "));
+        assert_eq!(key_from_head(&p).unwrap().unwrap(), "tok");
+        let p = parts(http::Request::post("/").header("authorization", "Digest x"));
         assert_eq!(key_from_head(&p).unwrap(), None);
     }
 

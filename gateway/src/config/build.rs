@@ -274,6 +274,27 @@ impl RawConfig {
         let dedup =
             DedupSettings { cache: dedup_cache, sweep_interval_ms: self.dedup.sweep_interval_ms, snapshot_path };
 
+        let i = &self.import;
+        for (key, value) in [("max_running_jobs", i.max_running_jobs), ("max_queued_jobs", i.max_queued_jobs)] {
+            if value == 0 {
+                bad(format!("import.{key} must be at least 1"));
+            }
+        }
+        if !(1..=10_000).contains(&i.chunk_events) {
+            bad(format!("import.chunk_events: {} is outside 1..=10000", i.chunk_events));
+        }
+        if i.upload_timeout_ms == 0 {
+            bad("import.upload_timeout_ms must be at least 1".into());
+        }
+        let jobs = crate::import::jobs::JobSettings {
+            dir: i.jobs_dir.clone(),
+            max_running: i.max_running_jobs,
+            max_queued: i.max_queued_jobs,
+            retention: std::time::Duration::from_secs(i.retention_s),
+            chunk_events: i.chunk_events,
+            upload_timeout: std::time::Duration::from_millis(i.upload_timeout_ms),
+        };
+
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -308,6 +329,7 @@ impl RawConfig {
             usage_dir,
             usage_persist_interval_ms: self.usage.persist_interval_ms,
             dedup,
+            jobs,
             contracts_dir: self.contracts.dir.clone(),
             violations_topic: Arc::from(self.contracts.violations_topic.as_str()),
             sources,

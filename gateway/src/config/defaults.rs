@@ -132,6 +132,33 @@ impl Default for RawUsage {
         Self { data_dir: None, persist_interval_ms: default_usage_persist_interval_ms() }
     }
 }
+pub(super) fn default_import_max_running_jobs() -> usize {
+    1
+}
+pub(super) fn default_import_max_queued_jobs() -> usize {
+    16
+}
+pub(super) fn default_import_retention_s() -> u64 {
+    7 * 24 * 3600
+}
+pub(super) fn default_import_chunk_events() -> usize {
+    500
+}
+pub(super) fn default_import_upload_timeout_ms() -> u64 {
+    300_000
+}
+impl Default for RawImport {
+    fn default() -> Self {
+        Self {
+            jobs_dir: None,
+            max_running_jobs: default_import_max_running_jobs(),
+            max_queued_jobs: default_import_max_queued_jobs(),
+            retention_s: default_import_retention_s(),
+            chunk_events: default_import_chunk_events(),
+            upload_timeout_ms: default_import_upload_timeout_ms(),
+        }
+    }
+}
 impl Default for RawDedup {
     fn default() -> Self {
         Self {

@@ -45,8 +45,8 @@ use crate::publish::kafka::redacted_properties;
 pub use crate::access::keys::{KeyKind, OriginPattern, Source, TypeSet, WriteKey};
 pub use crate::publish::kafka::{is_sensitive_property, KafkaConfig, RecordKey};
 pub use raw::{
-    RawConfig, RawContracts, RawDedup, RawKafka, RawKafkaSasl, RawKafkaTls, RawKey, RawLimits, RawLocalLog, RawLog,
-    RawRateLimits, RawServer, RawSink, RawSource, RawSourceContracts, RawTopics, RawUsage, Secret,
+    RawConfig, RawContracts, RawDedup, RawImport, RawKafka, RawKafkaSasl, RawKafkaTls, RawKey, RawLimits, RawLocalLog,
+    RawLog, RawRateLimits, RawServer, RawSink, RawSource, RawSourceContracts, RawTopics, RawUsage, Secret,
 };
 
 /// The embedded default configuration (`config/gateway.toml`): local log, one demo source.
@@ -67,6 +67,8 @@ pub struct Config {
     pub usage_dir: PathBuf,
     pub usage_persist_interval_ms: u64,
     pub dedup: DedupSettings,
+    /// Import jobs (`[import]`).
+    pub jobs: crate::import::jobs::JobSettings,
     pub contracts_dir: PathBuf,
     pub violations_topic: Arc<str>,
     pub sources: Vec<Arc<Source>>,

@@ -42,6 +42,9 @@ pub struct RawConfig {
     /// messageId deduplication.
     #[serde(default)]
     pub dedup: RawDedup,
+    /// Bulk and CSV import jobs.
+    #[serde(default)]
+    pub import: RawImport,
     /// Tracking plans.
     #[serde(default)]
     pub contracts: RawContracts,
@@ -401,4 +404,28 @@ pub struct RawKey {
     /// Overrides the source's rate windows, window by window.
     #[serde(default)]
     pub rate_limits: KeyLimits,
+}
+
+/// `[import]`: bulk (`/v1/events/bulk`) and CSV (`/v1/backfill/csv`) jobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawImport {
+    /// Where jobs are kept (default: `jobs` in the data directory).
+    #[serde(default)]
+    pub jobs_dir: Option<PathBuf>,
+    /// Jobs processed at once (the others wait their turn).
+    #[serde(default = "default_import_max_running_jobs")]
+    pub max_running_jobs: usize,
+    /// Jobs queued or running before a new one gets 503 `too_many_jobs`.
+    #[serde(default = "default_import_max_queued_jobs")]
+    pub max_queued_jobs: usize,
+    /// How long a finished job's status stays readable.
+    #[serde(default = "default_import_retention_s")]
+    pub retention_s: u64,
+    /// Events per pipeline run of a job (the documents' 500).
+    #[serde(default = "default_import_chunk_events")]
+    pub chunk_events: usize,
+    /// The longest a job's upload may take to arrive.
+    #[serde(default = "default_import_upload_timeout_ms")]
+    pub upload_timeout_ms: u64,
 }

@@ -1,7 +1,8 @@
 //! The endpoints that are not the ingest pipeline: `GET /v1/usage` (a source's counts and
-//! limits, for a secret key) and `/v1/m` (analytics.js's own telemetry, read and dropped).
+//! limits, for a secret key), `/v1/m` (analytics.js's own telemetry, read and dropped), and the
+//! import jobs' answers (`POST /v1/events/bulk`, `POST /v1/backfill/csv`, `GET /v1/jobs[/id]`).
 //!
-//! Owns: those two answers. Must not: publish anything.
+//! Owns: those answers. Must not: publish anything (jobs are run by `ingest::jobs`).
 
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ pub async fn usage<B>(state: &AppState, req: Request<B>) -> Response<Body> {
     let (parts, _body) = req.into_parts();
     let rt = state.runtime();
     let result = (|| -> Result<Response<Body>, Error> {
-        let key = auth::key_for_read(&parts)?.ok_or(AuthError::Missing)?;
+        let key = auth::key_from_head(&parts)?.ok_or(AuthError::Missing)?;
         let cred = rt.keys.resolve(&key)?;
         let key = cred.key().ok_or(AuthError::Invalid)?;
         access::check_secret(key)?;
@@ -65,4 +66,50 @@ where
         Ok(()) => respond::ok(false),
         Err(e) => respond::error(&Error::Decode(e)),
     }
+}
+
+/// `POST /v1/events/bulk` and `POST /v1/backfill/csv`: 202 `{"jobId","totalEvents","status"}`
+/// once the job's input is durable.
+pub async fn submit_job<B>(
+    state: &AppState,
+    kind: crate::import::jobs::JobKind,
+    req: Request<B>,
+    peer: std::net::SocketAddr,
+) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let mut rate = None;
+    let mut r = match crate::ingest::jobs::submit(state, kind, req, peer, &mut rate).await {
+        Ok(view) => {
+            let body = serde_json::json!({
+                "success": true,
+                "jobId": view.job_id,
+                "totalEvents": view.total_events,
+                "status": view.status,
+            });
+            respond::json_response(StatusCode::ACCEPTED, serde_json::to_vec(&body).unwrap_or_default())
+        }
+        Err(e) => respond::error(&e),
+    };
+    respond::rate_headers(&mut r, rate.as_ref());
+    r
+}
+
+/// `GET /v1/jobs/{jobId}` (one job) and `GET /v1/jobs` (the source's jobs, newest first).
+pub fn jobs<B>(state: &AppState, req: Request<B>, peer: std::net::SocketAddr) -> Response<Body> {
+    let (parts, _) = req.into_parts();
+    let job_id = parts.uri.path().strip_prefix("/v1/jobs/").map(|s| s.trim_end_matches('/').to_string());
+    let mut rate = None;
+    let mut r = match crate::ingest::jobs::read(state, &parts, peer, job_id.as_deref(), &mut rate) {
+        Ok(data) => {
+            let body =
+                serde_json::json!({ "success": true, "data": data, "timestamp": (state.clocks.wall)().format() });
+            respond::json_response(StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default())
+        }
+        Err(e) => respond::error(&e),
+    };
+    respond::rate_headers(&mut r, rate.as_ref());
+    r
 }

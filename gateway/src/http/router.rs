@@ -18,6 +18,8 @@ use super::endpoints;
 use super::respond::{self, Body};
 use crate::decode::EventType;
 use crate::error::Error;
+use crate::import::jobs::JobKind;
+use crate::import::Shape;
 use crate::ingest::{self, AppState, IngestRoute};
 
 /// What a request is for.
@@ -31,6 +33,10 @@ pub enum Route {
     Metrics,
     /// `GET /v1/usage`: counts and limits of the caller's source (secret keys only).
     Usage,
+    /// `POST /v1/events/bulk`, `POST /v1/backfill/csv`: an import job (secret keys only).
+    Job(JobKind),
+    /// `GET /v1/jobs` and `GET /v1/jobs/{jobId}`.
+    Jobs,
 }
 
 impl Route {
@@ -42,15 +48,21 @@ impl Route {
             Route::Ready => "ready",
             Route::Metrics => "metrics",
             Route::Usage => "usage",
+            Route::Job(JobKind::Bulk) => "bulk_job",
+            Route::Job(JobKind::Csv) => "csv_job",
+            Route::Jobs => "jobs",
         }
     }
 }
 
 const fn single(name: &'static str, t: EventType) -> Route {
-    Route::Ingest(IngestRoute { name, path_type: Some(t), batch: false })
+    Route::Ingest(IngestRoute { name, path_type: Some(t), batch: false, shape: None })
 }
 const fn batch(name: &'static str) -> Route {
-    Route::Ingest(IngestRoute { name, path_type: None, batch: true })
+    Route::Ingest(IngestRoute { name, path_type: None, batch: true, shape: None })
+}
+const fn shaped(name: &'static str, shape: Shape) -> Route {
+    Route::Ingest(IngestRoute { name, path_type: None, batch: false, shape: Some(shape) })
 }
 
 /// The route of a path (any method), or `None` for 404.
@@ -64,13 +76,19 @@ pub fn lookup(path: &str) -> Option<Route> {
         "/v1/group" | "/v1/g" => single("group", EventType::Group),
         "/v1/alias" | "/v1/a" => single("alias", EventType::Alias),
         "/v1/batch" | "/v1/b" | "/v1/import" => batch("batch"),
-        "/api/v1/events" => Route::Ingest(IngestRoute { name: "events", path_type: None, batch: false }),
+        "/api/v1/events" => Route::Ingest(IngestRoute { name: "events", path_type: None, batch: false, shape: None }),
+        "/v1/events" => shaped("reference_events", Shape::Events),
+        "/api/client/events" => shaped("client_events", Shape::Client),
         "/api/v1/events/batch" => batch("events_batch"),
         "/v1/m" => Route::Telemetry,
         "/health" => Route::Health,
         "/ready" => Route::Ready,
         "/metrics" => Route::Metrics,
         "/v1/usage" => Route::Usage,
+        "/v1/events/bulk" => Route::Job(JobKind::Bulk),
+        "/v1/backfill/csv" => Route::Job(JobKind::Csv),
+        "/v1/jobs" => Route::Jobs,
+        p if p.strip_prefix("/v1/jobs/").is_some_and(|id| !id.is_empty() && !id.contains('/')) => Route::Jobs,
         _ => return None,
     })
 }
@@ -78,7 +96,7 @@ pub fn lookup(path: &str) -> Option<Route> {
 /// Handles one request end to end.
 pub async fn handle<B>(state: &AppState, req: Request<B>, peer: SocketAddr) -> Response<Body>
 where
-    B: hyper::body::Body<Data = Bytes>,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let started = Instant::now();
@@ -107,7 +125,7 @@ where
 
 async fn dispatch<B>(state: &AppState, route: Option<Route>, req: Request<B>, peer: SocketAddr) -> Response<Body>
 where
-    B: hyper::body::Body<Data = Bytes>,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let origin = req.headers().get(http::header::ORIGIN).cloned();
@@ -149,13 +167,16 @@ where
         }
         (Some(Route::Metrics), &Method::GET) => metrics(state),
         (Some(Route::Usage), &Method::GET) => endpoints::usage(state, req).await,
+        (Some(Route::Job(kind)), &Method::POST) => endpoints::submit_job(state, kind, req, peer).await,
+        (Some(Route::Jobs), &Method::GET) => endpoints::jobs(state, req, peer),
         (Some(r), _) => respond::error(&Error::MethodNotAllowed {
             method: method.to_string(),
             path: truncate_path(req.uri().path()),
             allowed: match r {
                 Route::Ingest(_) | Route::Telemetry => "POST, OPTIONS",
                 Route::Health | Route::Ready => "GET, HEAD",
-                Route::Metrics | Route::Usage => "GET",
+                Route::Metrics | Route::Usage | Route::Jobs => "GET",
+                Route::Job(_) => "POST",
             },
         }),
     };

@@ -117,6 +117,35 @@ impl Outcome {
         });
     }
 
+    /// The outcome of a reference-API body ([`crate::import`]): the pipeline's outcome over
+    /// the Segment calls, with indices mapped back to the input events, the events refused by
+    /// their shape added, and the counts per input event (a client event with a `user` block
+    /// is two calls and succeeds only if both do).
+    pub fn of_import(mut calls: Outcome, converted: &crate::import::Converted) -> Outcome {
+        for e in &mut calls.errors {
+            e.index = converted.origin.get(e.index).copied().unwrap_or(e.index);
+        }
+        for s in &converted.errors {
+            calls.reject(s.index, None, FailureKind::Invalid, s.code, s.message.clone());
+        }
+        calls.errors.sort_by_key(|e| e.index);
+        let failed = {
+            let mut idx: Vec<usize> = calls.errors.iter().map(|e| e.index).collect();
+            idx.dedup();
+            idx.len()
+        };
+        let succeeded = converted.received - failed;
+        // Keep the split of successes (duplicates, consent-dropped) where it is per event.
+        let per_call = calls.accepted + calls.duplicates + calls.consent_dropped;
+        if per_call != succeeded {
+            calls.duplicates = calls.duplicates.min(succeeded);
+            calls.consent_dropped = calls.consent_dropped.min(succeeded - calls.duplicates);
+        }
+        calls.accepted = succeeded - calls.duplicates - calls.consent_dropped;
+        calls.received = converted.received;
+        calls
+    }
+
     /// Events answered success: published, duplicates, consent-dropped.
     pub fn succeeded(&self) -> usize {
         self.accepted + self.duplicates + self.consent_dropped

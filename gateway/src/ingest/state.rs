@@ -16,6 +16,7 @@ use crate::access::Access;
 use crate::config::Config;
 use crate::decode::timestamp::Timestamp;
 use crate::dedup::{self, Dedup};
+use crate::import::jobs::JobStore;
 use crate::ops::metrics::Metrics;
 use crate::publish::Publisher;
 use crate::validate::{Plan, Plans, Policies};
@@ -34,6 +35,8 @@ pub struct AppState {
     pub access: Access,
     /// messageIds seen: survives reloads.
     pub dedup: Arc<Dedup>,
+    /// Import jobs (bulk, CSV): opened once, survives reloads.
+    pub jobs: Arc<JobStore>,
     pub clocks: Clocks,
 }
 
@@ -105,6 +108,9 @@ impl AppState {
     ) -> Result<AppState, String> {
         let access = Access::new(&config.usage_dir, clocks.rate.clone())?;
         let dedup = Arc::new(load_dedup(&config, clocks.dedup.clone())?);
+        let jobs_dir = config.jobs.dir_or(&config.usage_dir);
+        let jobs = JobStore::open(config.jobs.clone(), jobs_dir.clone())
+            .map_err(|e| format!("opening the job store at {}: {e}", jobs_dir.display()))?;
         let runtime = Runtime::build(config)?;
         Ok(AppState {
             runtime: ArcSwap::from_pointee(runtime),
@@ -114,6 +120,7 @@ impl AppState {
             request_ids: AtomicU64::new(1),
             access,
             dedup,
+            jobs: Arc::new(jobs),
             clocks,
         })
     }

@@ -223,6 +223,17 @@ impl Publisher for LocalLog {
         Box::pin(async move { self.publish_tracked(events).await.results })
     }
 
+    fn find_published(
+        &self,
+        ids: std::collections::HashSet<String>,
+        since_ms: u64,
+    ) -> BoxFuture<'_, Option<std::collections::HashSet<String>>> {
+        let dir = self.dir.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || recover::find_since(&dir, &ids, since_ms).ok()).await.ok().flatten()
+        })
+    }
+
     fn publish_tracked(&self, events: Vec<OutEvent>) -> BoxFuture<'_, Published> {
         Box::pin(async move {
             let n = events.len();
@@ -581,5 +592,6 @@ impl Faults {
     }
 }
 
+mod recover;
 #[cfg(test)]
 mod tests;

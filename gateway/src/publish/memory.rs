@@ -62,6 +62,17 @@ impl MemoryPublisher {
 }
 
 impl Publisher for MemoryPublisher {
+    fn find_published(
+        &self,
+        ids: std::collections::HashSet<String>,
+        _since_ms: u64,
+    ) -> BoxFuture<'_, Option<std::collections::HashSet<String>>> {
+        let found = self.events.lock().ok().map(|events| {
+            events.iter().filter(|e| ids.contains(&e.message_id)).map(|e| e.message_id.clone()).collect()
+        });
+        Box::pin(async move { found })
+    }
+
     fn publish(&self, events: Vec<OutEvent>) -> BoxFuture<'_, PublishResults> {
         Box::pin(async move {
             let delay = self.delay.lock().ok().and_then(|d| *d);

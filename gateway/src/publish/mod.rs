@@ -21,6 +21,7 @@ pub mod kafka;
 pub mod local_log;
 pub mod memory;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -139,6 +140,15 @@ pub trait Publisher: Send + Sync + 'static {
     /// The sink's own statistics (queue depth, brokers), for `/metrics`.
     fn stats(&self) -> Option<SinkStats> {
         None
+    }
+
+    /// Which of `ids` (messageIds) the sink holds in records written at or after `since_ms`
+    /// (milliseconds since the epoch): how an import job resumed after a crash skips the events
+    /// of the chunk that was in flight, since the dedup cache did not survive. `None` when the
+    /// sink cannot tell; that chunk is then published again (each of its events at most twice,
+    /// with the same messageId, for consumers to drop).
+    fn find_published(&self, _ids: HashSet<String>, _since_ms: u64) -> BoxFuture<'_, Option<HashSet<String>>> {
+        Box::pin(async { None })
     }
 }
 

@@ -249,3 +249,22 @@ impl Drop for Unhang {
         self.0.hang(false);
     }
 }
+
+#[tokio::test]
+async fn find_published_sees_ids_written_since_and_skips_older_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LocalLog::open(dir.path(), 1 << 20, true).unwrap();
+    let line =
+        |id: &str| format!("{{\"type\":\"track\",\"messageId\":\"{id}\",\"properties\":{{\"messageId\":\"nested\"}}}}");
+    let r = log.publish(vec![ev("events", &line("a")), ev("violations", &line("b"))]).await;
+    assert!(r.iter().all(Result::is_ok));
+    let wanted: std::collections::HashSet<String> = ["a", "b", "c", "nested"].iter().map(|s| s.to_string()).collect();
+    let since = crate::import::jobs::now_ms() - 1_000;
+    let found = log.find_published(wanted.clone(), since).await.unwrap();
+    // Every topic is searched; only the top-level messageId counts.
+    assert_eq!(found, ["a", "b"].iter().map(|s| s.to_string()).collect());
+    // A segment last written before `since` (less the margin) is not read.
+    let later = crate::import::jobs::now_ms() + 60_000;
+    assert!(log.find_published(wanted, later).await.unwrap().is_empty());
+    log.close();
+}
